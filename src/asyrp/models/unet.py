@@ -1,0 +1,282 @@
+"""The DDPM U-Net of the CelebA-HQ / LSUN models (ermongroup/ddim "Model" layout, SDEdit's celeba_hq.ckpt).
+
+The forward pass is split at the bottleneck so that Asyrp can reach h-space:
+
+    encode(x, t)            -> (h, skips, temb)      h = output of mid.block_2, e.g. (B, 512, 8, 8) at 256²
+    decode(h, skips, temb)  -> ε
+    forward_edit(...)       -> (ε, ε̃, h, Δh)         one encoder pass, two decoder passes (h and c0·h + c1·Δh)
+
+Parameter names are exactly those of the original checkpoints (``conv_in``, ``temb.dense.0``, ``down.i.block.j``,
+``mid.block_1``, ``up.i.block.j``, ``norm_out``, ``conv_out``), so ``load_state_dict`` is strict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Keys of the reference YAML ``model:`` block that define the network, plus the image size.
+CONFIG_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
+               "resamp_with_conv", "in_channels", "image_size")
+
+CELEBA_HQ_256 = dict(ch=128, out_ch=3, ch_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=2, attn_resolutions=[16],
+                     dropout=0.0, resamp_with_conv=True, in_channels=3, image_size=256)
+
+
+def unet_config(config: Mapping[str, Any]) -> dict:
+    """Normalise a config: flat keys, or the reference YAML layout ({"model": {...}, "data": {"image_size"}})."""
+    if "model" in config and isinstance(config["model"], Mapping):
+        flat = dict(config["model"])
+        flat.setdefault("image_size", config.get("data", {}).get("image_size"))
+    else:
+        flat = dict(config)
+    missing = [k for k in CONFIG_KEYS if flat.get(k) is None]
+    if missing:
+        raise ValueError(f"U-Net config is missing {missing}; needs {list(CONFIG_KEYS)}")
+    cfg = {k: flat[k] for k in CONFIG_KEYS}
+    cfg["ch_mult"] = list(cfg["ch_mult"])
+    cfg["attn_resolutions"] = list(cfg["attn_resolutions"])
+    return cfg
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding [sin | cos] of t·exp(−k·ln(10000)/(dim/2 − 1)), k = 0..dim/2−1 (dim even)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * -(math.log(10000) / (half - 1)))
+    args = t.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float):
+        super().__init__()
+        self.norm1 = group_norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_ch, out_ch)
+        self.norm2 = group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        if in_ch != out_ch:
+            self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H·W positions (scale C^-1/2), through SDPA."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = group_norm(ch)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.k = nn.Conv2d(ch, ch, 1)
+        self.v = nn.Conv2d(ch, ch, 1)
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hh, ww = x.shape
+        h = self.norm(x)
+        q, k, v = (m(h).reshape(b, 1, c, hh * ww).transpose(-1, -2) for m in (self.q, self.k, self.v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (b, 1, hw, c); default scale is c^-1/2
+        return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, hh, ww))
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int, with_conv: bool):
+        super().__init__()
+        if with_conv:
+            self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "conv"):
+            return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as the original
+        return F.avg_pool2d(x, 2, 2)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int, with_conv: bool):
+        super().__init__()
+        if with_conv:
+            self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if hasattr(self, "conv") else x
+
+
+class DDPMUNet(nn.Module):
+    """ε-prediction U-Net with a reachable bottleneck. ``config``: see :data:`CONFIG_KEYS`."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        self.config = cfg = unet_config(config)
+        ch, ch_mult, nrb = cfg["ch"], tuple(cfg["ch_mult"]), cfg["num_res_blocks"]
+        self.ch, self.temb_ch, self.num_resolutions, self.num_res_blocks = ch, 4 * ch, len(ch_mult), nrb
+        self.image_size = cfg["image_size"]
+        dropout, conv_resample = cfg["dropout"], cfg["resamp_with_conv"]
+
+        self.temb = nn.Module()
+        self.temb.dense = nn.ModuleList([nn.Linear(ch, self.temb_ch), nn.Linear(self.temb_ch, self.temb_ch)])
+        self.conv_in = nn.Conv2d(cfg["in_channels"], ch, 3, padding=1)
+
+        res, in_mult = cfg["image_size"], (1,) + ch_mult
+        self.down = nn.ModuleList()
+        for i in range(self.num_resolutions):
+            level = nn.Module()
+            level.block, level.attn = nn.ModuleList(), nn.ModuleList()
+            block_in, block_out = ch * in_mult[i], ch * ch_mult[i]
+            for _ in range(nrb):
+                level.block.append(ResnetBlock(block_in, block_out, self.temb_ch, dropout))
+                block_in = block_out
+                if res in cfg["attn_resolutions"]:
+                    level.attn.append(AttnBlock(block_in))
+            if i != self.num_resolutions - 1:
+                level.downsample = Downsample(block_in, conv_resample)
+                res //= 2
+            self.down.append(level)
+
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, self.temb_ch, dropout)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, self.temb_ch, dropout)
+        self.h_channels, self.h_size = block_in, res
+
+        self.up = nn.ModuleList()
+        for i in reversed(range(self.num_resolutions)):
+            level = nn.Module()
+            level.block, level.attn = nn.ModuleList(), nn.ModuleList()
+            block_out, skip_in = ch * ch_mult[i], ch * ch_mult[i]
+            for j in range(nrb + 1):
+                if j == nrb:
+                    skip_in = ch * in_mult[i]
+                level.block.append(ResnetBlock(block_in + skip_in, block_out, self.temb_ch, dropout))
+                block_in = block_out
+                if res in cfg["attn_resolutions"]:
+                    level.attn.append(AttnBlock(block_in))
+            if i != 0:
+                level.upsample = Upsample(block_in, conv_resample)
+                res *= 2
+            self.up.insert(0, level)  # stored in ascending level order, as in the checkpoints
+
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, cfg["out_ch"], 3, padding=1)
+
+    # ------------------------------------------------------------------ split forward
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """temb = dense1(swish(dense0(sinusoid(t)))); no swish after dense1 (consumers apply it)."""
+        emb = timestep_embedding(t, self.ch).to(self.temb.dense[0].weight.dtype)
+        return self.temb.dense[1](F.silu(self.temb.dense[0](emb)))
+
+    def encode(self, x: torch.Tensor, t: torch.Tensor | float | int):
+        """Encoder and middle block: returns (h, skips, temb). ``t`` is per sample (or a scalar)."""
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ValueError(f"input is {tuple(x.shape[-2:])}, this U-Net expects {self.image_size}×{self.image_size}")
+        t = torch.as_tensor(t, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        temb = self.time_embedding(t)
+        skips = [self.conv_in(x)]
+        for i, level in enumerate(self.down):
+            for j, block in enumerate(level.block):
+                h = block(skips[-1], temb)
+                if len(level.attn) > 0:
+                    h = level.attn[j](h)
+                skips.append(h)
+            if hasattr(level, "downsample"):
+                skips.append(level.downsample(skips[-1]))
+        h = skips[-1]
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb)), temb)
+        return h, skips, temb
+
+    def decode(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
+        """Up path from the bottleneck h, consuming ``skips`` from the end (the list is not modified)."""
+        k = len(skips)
+        for i in reversed(range(self.num_resolutions)):
+            level = self.up[i]
+            for j, block in enumerate(level.block):
+                k -= 1
+                h = block(torch.cat([h, skips[k]], dim=1), temb)
+                if len(level.attn) > 0:
+                    h = level.attn[j](h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
+        h, skips, temb = self.encode(x, t)
+        return self.decode(h, skips, temb)
+
+    def forward_edit(self, x: torch.Tensor, t: torch.Tensor | float | int, delta_block: nn.Module | None,
+                     t_edit: int, c0: float = 1.0, c1: float = 1.0, ignore_timestep: bool = False,
+                     need_eps: bool = True):
+        """(ε, ε̃, h, Δh) from one encoder pass and up to two decoder passes.
+
+        The edit h̃ = c0·h + c1·Δh applies **per sample** where t ≥ t_edit; elsewhere ε̃ = ε (the second
+        decoder runs only on the samples that are edited). Δh = f(h, temb) is the unscaled block output
+        for the whole batch, or ``None`` when no sample is edited. ``ignore_timestep`` calls the block
+        with temb = None. ``need_eps=False`` skips the plain decoder and returns ε = None (the last
+        training step does not use it).
+        """
+        h, skips, temb = self.encode(x, t)
+        t = torch.as_tensor(t, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        edit = (t >= t_edit) if delta_block is not None else torch.zeros_like(t, dtype=torch.bool)
+        n_edit = int(edit.sum())  # one host sync per call: decides which decoders run
+        if n_edit == 0 and not need_eps:
+            raise ValueError("forward_edit with need_eps=False needs at least one edited sample")
+        eps = self.decode(h, skips, temb) if (need_eps or n_edit < len(t)) else None
+        if n_edit == 0:
+            return eps, eps, h, None
+        delta_h = delta_block(h, None if ignore_timestep else temb)
+        h_edit = c0 * h + c1 * delta_h
+        if n_edit == len(t):
+            eps_edited = self.decode(h_edit, skips, temb)
+        else:
+            idx = edit.nonzero(as_tuple=True)[0]
+            eps_sub = self.decode(h_edit[idx], [s[idx] for s in skips], temb[idx])
+            eps_edited = eps.index_copy(0, idx, eps_sub)
+        return eps, eps_edited, h, delta_h
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict loading
+# --------------------------------------------------------------------------------------------------
+
+class BackboneLoadError(ValueError):
+    """A backbone checkpoint does not fit the network; the message names the file, the keys and the fix."""
+
+
+def load_backbone_state_dict(model: DDPMUNet, state_dict: Mapping[str, torch.Tensor], source: str = "<state dict>",
+                             allow_prefixes: tuple[str, ...] = ("layer_",)) -> None:
+    """Strictly load a ddim-layout state dict. Only keys under ``allow_prefixes`` (Asyrp's ``layer_i.*``
+    delta blocks, which some files carry) may be extra; anything else missing or unexpected is an error."""
+    state_dict = dict(state_dict)
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}  # saved from DataParallel
+    own = model.state_dict()
+    extra = [k for k in state_dict if k not in own and not k.startswith(allow_prefixes)]
+    missing = [k for k in own if k not in state_dict]
+    wrong = [f"{k} {tuple(state_dict[k].shape)}≠{tuple(v.shape)}" for k, v in own.items()
+             if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or extra or wrong:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", extra), ("shape mismatch", wrong)):
+            if keys:
+                parts.append(f"{len(keys)} {name}: {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''}")
+        raise BackboneLoadError(f"{source} does not fit DDPMUNet{model.config} — {'; '.join(parts)}. "
+                                "Check that the file is the ddim-layout checkpoint for this config.")
+    model.load_state_dict({k: state_dict[k] for k in own}, strict=True)

@@ -1,0 +1,158 @@
+"""The backbone U-Net against the reduced original DDPM (ddpm_unet_small.pt) and the CelebA-HQ key list."""
+
+import pytest
+import torch
+
+from asyrp.models.delta import DeltaBlockConfig, build_delta_block
+from asyrp.models.unet import CELEBA_HQ_256, BackboneLoadError, DDPMUNet, load_backbone_state_dict, timestep_embedding
+from conftest import FIXTURES, TINY_UNET, check_checksums, decode_state_dict, load_fixture
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def small():
+    fx = load_fixture("ddpm_unet_small.pt")
+    state = decode_state_dict(fx["state_dict_encoded"])
+    check_checksums(state, fx["state_dict_checksums"])
+    model = DDPMUNet(fx["config"]).eval()
+    load_backbone_state_dict(model, state, source="ddpm_unet_small.pt")  # layer_0.* is allowed extra
+    block = build_delta_block(kind="conv", channels=128, temb_channels=128, spatial_size=2).eval()
+    block.load_state_dict({k[len("layer_0."):]: v for k, v in state.items() if k.startswith("layer_0.")})
+    return fx, model, block
+
+
+def test_state_dict_keys_are_the_original_ones(small):
+    fx, model, _ = small
+    ours = list(model.state_dict())
+    theirs = [k for k in fx["state_dict_keys"] if not k.startswith("layer_0.")]
+    assert ours == theirs
+    for k, v in model.state_dict().items():
+        assert list(v.shape) == list(fx["state_dict_shapes"][k]), k
+
+
+def test_full_celeba_model_matches_key_list():
+    rows = [line.split("\t") for line in (FIXTURES / "ddpm_unet_celeba_keys.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    expected = {k: tuple(int(s) for s in shape.split(",")) for k, shape, _, src in rows if src == "celeba_hq.ckpt"}
+    with torch.device("meta"):
+        model = DDPMUNet(CELEBA_HQ_256)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == expected
+    assert sum(v.numel() for v in model.state_dict().values()) == 113_673_219
+    assert (model.h_channels, model.h_size) == (512, 8)
+    block_rows = {k[len("layer_0."):]: tuple(int(s) for s in shape.split(",")) for k, shape, _, src in rows
+                  if src == "delta_pth['0']"}
+    with torch.device("meta"):
+        block = build_delta_block(DeltaBlockConfig())
+    assert {k: tuple(v.shape) for k, v in block.state_dict().items()} == block_rows
+
+
+def test_sinusoidal_embedding_matches_reference():
+    fx = load_fixture("official_delta_block_outputs.pt")
+    ours = timestep_embedding(fx["sinusoidal_reference_t"], 128)
+    torch.testing.assert_close(ours, fx["sinusoidal_reference"], rtol=1e-5, atol=1e-5)
+
+
+def test_temb_matches(small):
+    fx, model, _ = small
+    for entry in fx["temb"]:
+        torch.testing.assert_close(timestep_embedding(entry["t"], 32), entry["sinusoidal"], **TOL)
+        torch.testing.assert_close(model.time_embedding(entry["t"]), entry["temb"], **TOL)
+
+
+def _case(fx, name):
+    return next(c for c in fx["cases"] if c["name"] == name)
+
+
+def test_plain_forward_eps_and_h(small):
+    fx, model, _ = small
+    case = _case(fx, "plain_index_none")
+    with torch.no_grad():
+        h, skips, temb = model.encode(fx["x"], case["t"])
+        eps = model.decode(h, skips, temb)
+    torch.testing.assert_close(eps, case["eps"], **TOL)
+    torch.testing.assert_close(h, case["middle_h"], **TOL)
+    torch.testing.assert_close(model(fx["x"], case["t"]), case["eps"], **TOL)
+
+
+@pytest.mark.parametrize("name", ["edit_same_t", "edit_same_t_delta_coeff_0.5", "edit_same_t_origin_coeff_0.8",
+                                  "edit_same_t_ignore_timestep", "edit_t_equal_t_edit", "no_edit_t_below_t_edit"])
+def test_forward_edit_cases(small, name):
+    fx, model, block = small
+    case = _case(fx, name)
+    c0, c1 = case["hs_coeff"]
+    with torch.no_grad():
+        eps, eps_edited, h, delta_h = model.forward_edit(fx["x"], case["t"], block, case["t_edit"], c0=c0, c1=c1,
+                                                         ignore_timestep=case["ignore_timestep"])
+    torch.testing.assert_close(eps, case["eps"], **TOL)
+    torch.testing.assert_close(h, case["middle_h"], **TOL)
+    if case["edit_applied"]:
+        torch.testing.assert_close(eps_edited, case["eps_edited"], **TOL)
+        torch.testing.assert_close(delta_h, case["delta_h"], **TOL)
+        assert (eps_edited - eps).abs().max() > 1e-3  # the edit is visible at this tolerance
+    else:
+        assert delta_h is None
+        assert torch.equal(eps_edited, eps)
+
+
+def test_mixed_timesteps_agree_where_both_rules_agree(small):
+    """The reference edits a batch by its first timestep; we edit per sample. Compare where both agree."""
+    fx, model, block = small
+    first_above = _case(fx, "mixed_t_first_above_t_edit")  # t = [700, 200]: reference edits both samples
+    first_below = _case(fx, "mixed_t_first_below_t_edit")  # t = [200, 700]: reference edits neither
+    with torch.no_grad():
+        a = model.forward_edit(fx["x"], first_above["t"], block, first_above["t_edit"])
+        b = model.forward_edit(fx["x"], first_below["t"], block, first_below["t_edit"])
+    torch.testing.assert_close(a[0], first_above["eps"], **TOL)
+    torch.testing.assert_close(b[0], first_below["eps"], **TOL)
+    # sample 0 of [700, 200] and sample 1 of [200, 700] are edited under both rules
+    torch.testing.assert_close(a[1][0], first_above["eps_edited"][0], **TOL)
+    torch.testing.assert_close(a[3][0], first_above["delta_h"][0], **TOL)
+    # sample 0 of [200, 700] is unedited under both rules
+    assert torch.equal(b[1][0], b[0][0])
+    torch.testing.assert_close(b[1][0], first_below["eps_edited"][0], **TOL)
+
+
+def test_per_sample_rule(small):
+    """Per sample: [700, 200] edits only sample 0; it equals the single-sample edit of that sample."""
+    fx, model, block = small
+    x, t = fx["x"], torch.tensor([700.0, 200.0])
+    with torch.no_grad():
+        eps, eps_edited, _, _ = model.forward_edit(x, t, block, 400)
+        solo = [model.forward_edit(x[i:i + 1], t[i:i + 1], block, 400) for i in range(2)]
+    torch.testing.assert_close(eps_edited[0:1], solo[0][1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(eps_edited[1], eps[1])           # below t_edit: not edited
+    assert (eps_edited[0] - eps[0]).abs().max() > 1e-3   # above t_edit: edited
+    torch.testing.assert_close(eps_edited[1:2], solo[1][0], rtol=1e-5, atol=1e-5)
+
+
+def test_strict_loading_lists_bad_keys():
+    model = DDPMUNet(TINY_UNET)
+    state = model.state_dict()
+    bad = dict(state)
+    bad.pop("conv_out.bias")
+    bad["extra.weight"] = torch.zeros(1)
+    with pytest.raises(BackboneLoadError, match=r"1 missing: conv_out.bias; 1 unexpected: extra.weight"):
+        load_backbone_state_dict(model, bad, source="bad.ckpt")
+    prefixed = {"module." + k: v for k, v in state.items()}
+    load_backbone_state_dict(model, prefixed)  # DataParallel prefix is accepted
+    wrong = dict(state)
+    wrong["conv_in.weight"] = torch.zeros(1, 3, 3, 3)
+    with pytest.raises(BackboneLoadError, match="shape mismatch: conv_in.weight"):
+        load_backbone_state_dict(model, wrong, source="wrong.ckpt")
+
+
+def test_wrong_image_size_is_an_error():
+    model = DDPMUNet(TINY_UNET)
+    with pytest.raises(ValueError, match="expects 16×16"):
+        model(torch.zeros(1, 3, 32, 32), torch.tensor([10]))
+
+
+def test_need_eps_false_skips_plain_decoder(small):
+    fx, model, block = small
+    with torch.no_grad():
+        eps, eps_edited, _, _ = model.forward_edit(fx["x"], torch.tensor([600.0, 600.0]), block, 400, need_eps=False)
+        ref = model.forward_edit(fx["x"], torch.tensor([600.0, 600.0]), block, 400)
+    assert eps is None
+    torch.testing.assert_close(eps_edited, ref[1])
