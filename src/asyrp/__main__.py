@@ -1,0 +1,5 @@
+import sys
+
+from asyrp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Offline worlds: small datasets and models in which the whole method runs on a CPU."""
