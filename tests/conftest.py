@@ -47,3 +47,26 @@ def load_fixture(name: str):
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+TINY_CLIP_CFG = dict(embed_dim=32, vision_cfg=dict(image_size=16, patch_size=4, width=64, layers=2, head_width=32),
+                     text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2), quick_gelu=True)
+
+
+def tiny_clip(seed: int = 0):
+    """A randomly initialised open_clip CLIP at 16 px with OpenAI's tokenizer: (encoder, image_size)."""
+    import open_clip
+
+    from asyrp.clip_loss import OpenClipEncoder
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**TINY_CLIP_CFG)
+    return OpenClipEncoder(model, open_clip.get_tokenizer("ViT-B-32"), name="tiny"), 16
+
+
+def tiny_backbone(seed: int = 0):
+    """A randomly initialised reduced U-Net (16 px, h = (B, 64, 4, 4)) wrapped as an asyrp Backbone."""
+    from asyrp.backbones import Backbone, fingerprint
+    from asyrp.models.unet import DDPMUNet
+    torch.manual_seed(seed)
+    unet = DDPMUNet(TINY_UNET).eval().requires_grad_(False)
+    return Backbone(unet, "tiny", fingerprint(unet), None, "tiny")

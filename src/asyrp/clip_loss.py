@@ -113,6 +113,10 @@ class CLIPDirection(nn.Module):
         pixels = clip_preprocess(images, self.image_size, self.antialias)
         return F.normalize(self.encoder.encode_image(pixels).float(), dim=-1)
 
+    def cosines(self, src_images=None, edited_images=None, src_embeddings=None) -> torch.Tensor:
+        """Per-image cos(ΔI_b, ΔT), differentiable with respect to ``edited_images``."""
+        return self._cosines(src_images, edited_images, src_embeddings)
+
     def _cosines(self, src_images, edited_images, src_embeddings) -> torch.Tensor:
         if src_embeddings is None:
             if src_images is None:

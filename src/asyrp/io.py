@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -47,6 +45,8 @@ def atomic_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch  # imported here so that light commands (asyrp download --list) start fast
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -75,7 +75,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def _json_default(obj: Any):
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor):
+    if hasattr(obj, "tolist") and getattr(obj, "ndim", 0) > 0:
         return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
@@ -90,8 +90,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def default_device(requested: str | None = None) -> torch.device:
-    """``requested`` if given, else CUDA when present, else CPU."""
+def default_device(requested: str | None = None):
+    """``requested`` if given, else CUDA when present, else CPU (a torch.device)."""
+    import torch
+
     if requested:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

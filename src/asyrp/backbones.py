@@ -1,0 +1,165 @@
+"""Named backbones (frozen diffusion U-Nets) and CLIP models, and the files this project writes for its own models.
+
+``load_backbone("celeba-hq")`` builds the CelebA-HQ 256 DDPM and loads SDEdit's checkpoint strictly (from the weights
+registry: cache, ``--weights-dir`` or a download); ``load_backbone("shapes")`` loads the tiny DDPM shipped with the
+package; ``load_backbone(path)`` reads a file written by :func:`save_unet` (config inside) or a bare ddim-layout state
+dict together with ``config``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from asyrp.io import atomic_torch_save
+from asyrp.models.delta import CheckpointError, read_checkpoint
+from asyrp.models.unet import CELEBA_HQ_256, DDPMUNet, load_backbone_state_dict
+
+UNET_FORMAT = "asyrp.unet"
+CLIP_FORMAT = "asyrp.clip"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    weights: str            # weights-registry name
+    config: Mapping[str, Any]
+    lpips_domain: str | None  # LPIPS table for automatic t_edit / t_boost
+    default_clip: str
+
+
+BACKBONES = {
+    "celeba-hq": BackboneSpec("ddpm-celeba-hq", CELEBA_HQ_256, "celeba", "ViT-B/16"),
+    "lsun-church": BackboneSpec("ddpm-lsun-church", CELEBA_HQ_256, "church", "ViT-B/16"),
+    "lsun-bedroom": BackboneSpec("ddpm-lsun-bedroom", CELEBA_HQ_256, "bedroom", "ViT-B/16"),
+}
+TINY_WORLDS = ("shapes",)
+
+
+@dataclass
+class Backbone:
+    unet: DDPMUNet
+    name: str
+    fingerprint: str          # sha256 of the weights (identifies the model in caches and run configs)
+    lpips_domain: str | None
+    default_clip: str
+
+
+def fingerprint(model: nn.Module) -> str:
+    """sha256 over the state dict (names, shapes, dtypes, bytes): stable across files that hold the same weights."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_unet(unet: DDPMUNet, path: str | os.PathLike, dtype: torch.dtype | None = None, **meta) -> Path:
+    """Write a U-Net with its config (``dtype=torch.float16`` to ship small files)."""
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+             for k, v in unet.state_dict().items()}
+    atomic_torch_save({"format": UNET_FORMAT, "version": 1, "config": dict(unet.config), "state_dict": state,
+                       "meta": dict(meta)}, path)
+    return Path(path)
+
+
+def load_unet_file(path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> DDPMUNet:
+    """A U-Net from a file of :func:`save_unet` (config inside) or a ddim-layout state dict plus ``config``."""
+    path = Path(path)
+    obj = read_checkpoint(path)
+    if isinstance(obj, Mapping) and obj.get("format") == UNET_FORMAT:
+        if config is not None and dict(DDPMUNet(config).config) != dict(obj["config"]):
+            raise CheckpointError(f"{path}: stored U-Net config {obj['config']} differs from the requested {config}")
+        config, state = obj["config"], obj["state_dict"]
+    else:
+        if config is None:
+            raise CheckpointError(f"{path}: a bare U-Net state dict; give its config (--unet-config model.yml, "
+                                  "the reference YAML) or use a named backbone (celeba-hq)")
+        state = obj
+    unet = DDPMUNet(config)
+    load_backbone_state_dict(unet, {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                             source=str(path))
+    return unet
+
+
+def load_backbone(name_or_path: str, config: Mapping[str, Any] | None = None, weights_dir: str | None = None,
+                  device: str | torch.device = "cpu") -> Backbone:
+    """A frozen backbone in eval mode with its identity (see the module docstring)."""
+    if name_or_path in TINY_WORLDS:
+        from asyrp.worlds import shapes
+        unet, domain, clip = shapes.load_tiny_ddpm(), None, "shapes"
+    elif name_or_path in BACKBONES:
+        from asyrp import weights as registry
+        spec = BACKBONES[name_or_path]
+        unet = load_unet_file(registry.resolve(spec.weights, weights_dir=weights_dir), config or spec.config)
+        domain, clip = spec.lpips_domain, spec.default_clip
+    elif Path(name_or_path).is_file():
+        unet, domain, clip = load_unet_file(name_or_path, config), None, "ViT-B/16"
+    else:
+        raise ValueError(f"unknown backbone {name_or_path!r}: give one of {sorted(BACKBONES) + list(TINY_WORLDS)} "
+                         "or the path to a checkpoint")
+    unet = unet.to(device).eval().requires_grad_(False)
+    return Backbone(unet, name_or_path, fingerprint(unet), domain, clip)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLIP models
+# --------------------------------------------------------------------------------------------------
+
+def save_clip(model: nn.Module, model_cfg: Mapping[str, Any], path: str | os.PathLike, image_size: int,
+              tokenizer: str = "ViT-B-32", context_length: int = 77, dtype: torch.dtype | None = None, **meta) -> Path:
+    """Write a custom open_clip CLIP (built from ``model_cfg`` = kwargs of ``open_clip.model.CLIP``)."""
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+             for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": CLIP_FORMAT, "version": 1, "model_cfg": dict(model_cfg), "state_dict": state,
+                       "image_size": image_size, "tokenizer": tokenizer, "context_length": context_length,
+                       "meta": dict(meta)}, path)
+    return Path(path)
+
+
+def load_clip_file(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(encoder, image_size) from a file of :func:`save_clip`."""
+    import open_clip
+
+    from asyrp.clip_loss import OpenClipEncoder
+
+    path = Path(path)
+    obj = read_checkpoint(path)
+    if not (isinstance(obj, Mapping) and obj.get("format") == CLIP_FORMAT):
+        raise CheckpointError(f"{path}: not an asyrp CLIP file; give an OpenAI CLIP name (ViT-B/16) or .pt file")
+    model = open_clip.model.CLIP(**obj["model_cfg"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()},
+                          strict=True)
+    base = open_clip.get_tokenizer(obj["tokenizer"])
+    context = obj["context_length"]
+
+    def tokenizer(texts):
+        return base(texts, context_length=context)
+
+    return OpenClipEncoder(model, tokenizer, name=str(path)).to(device), int(obj["image_size"])
+
+
+def load_clip_model(name_or_path: str, weights_dir: str | None = None, device: str | torch.device = "cpu"):
+    """(encoder, image_size): an OpenAI CLIP by name (ViT-B/32, ViT-B/16, ViT-L/14), the shapes world's tiny CLIP
+    ("shapes"), an OpenAI ``.pt`` file given as ``name=path`` (e.g. ``ViT-B/16=/data/ViT-B-16.pt``), or an asyrp
+    CLIP file."""
+    from asyrp.clip_loss import CLIP_ARCHS, load_clip
+
+    if name_or_path == "shapes":
+        from asyrp.worlds import shapes
+        return shapes.load_tiny_clip(device=device)
+    if name_or_path in CLIP_ARCHS:
+        return load_clip(name_or_path, weights_dir=weights_dir, device=device), 224
+    if "=" in name_or_path and name_or_path.split("=", 1)[0] in CLIP_ARCHS:
+        name, path = name_or_path.split("=", 1)
+        return load_clip(name, weights=path, device=device), 224
+    if Path(name_or_path).is_file():
+        return load_clip_file(name_or_path, device=device)
+    raise ValueError(f"unknown CLIP model {name_or_path!r}: give one of {list(CLIP_ARCHS) + ['shapes']}, "
+                     "NAME=path/to/openai.pt, or an asyrp CLIP file")

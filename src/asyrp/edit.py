@@ -1,0 +1,260 @@
+"""Editing real (or sampled) images with trained directions.
+
+For each image: x_T from the inversion cache (DDIM inversion, done once), then the reverse process over n_test_step
+steps with h̃ = c0·h + Σ_i w_i·f_i(h, t) for t ≥ t_edit and quality boosting (η = 1) below t_boost. The weight of a
+direction is  strength × coefficient × n_train_step / n_test_step  (the reference's "non-accelerated" scaling: more
+steps, smaller pushes). Several directions are summed (coefficients 1/√k by default, as the reference), or two are
+interpolated (coefficients 1 − α and α).
+
+Outputs (stable names, one PNG per image): ``original/``, ``reconstructed/`` (the same sampler without Δh, with the
+same boost noise unless --no-boost-reconstruction), ``edited/`` — or ``edited_<label>/`` per setting of a strength
+sweep or an interpolation — plus ``grid.png`` and ``edit.json`` (every setting, for asyrp evaluate / figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from asyrp import config as C
+from asyrp import diffusion as D
+from asyrp import sampling
+from asyrp.attributes import attribute_table
+from asyrp.cli import UserError
+from asyrp.io import atomic_json, default_device
+from asyrp.models.delta import CheckpointError, DeltaBlockConfig, load_delta_block
+from asyrp.plots import save_png, save_rows
+
+
+@dataclass
+class EditConfig:
+    directions: list = field(default_factory=list)   # delta checkpoints (ours, official *_LC_*.pth, asyrp-<attr>)
+    coefficients: list | None = None                 # per direction; default 1/√k for k > 1 directions
+    strengths: list = field(default_factory=lambda: [1.0])  # a sweep (e.g. -1,-0.5,0,0.5,1) writes one folder each
+    interpolate: list | None = None                  # α values between exactly two directions
+    backbone: str = "celeba-hq"
+    data: str = "sampled"
+    split: str | None = None
+    n_images: int = 8
+    image_start: int = 0
+    sample_seed: int = 0
+    cache_dir: str | None = None
+    t_0: int = 999
+    n_inv_step: int = 40
+    n_test_step: int = 40
+    n_train_step: int | None = None                  # None: from each direction's checkpoint (or file name)
+    t_edit: int | None = None                        # None: from the checkpoints / attribute table
+    t_boost: int | None = None                       # None: from the checkpoints / attribute table
+    boost: bool = True                               # quality boosting below t_boost
+    boost_reconstruction: bool = True                # same boost (and noise) for the reconstruction
+    c0: float = 1.0                                  # multiplier of h (reference: hs_coeff_origin_h)
+    seed: int = 0                                    # boost noise, per image
+    batch_size: int = 8
+    precision: str = "fp32"
+    delta_config: str | None = None                  # for extension files: "kind=pixel_channel,heads=8,..."
+    device: str | None = None
+
+
+@dataclass
+class Direction:
+    block: torch.nn.Module
+    path: str
+    attribute: str | None
+    n_train_step: int
+    t_edit: int | None
+    t_boost: int | None
+
+
+def parse_delta_config(text: str | None) -> DeltaBlockConfig | None:
+    if not text:
+        return None
+    values = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        values[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else \
+            {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return DeltaBlockConfig.from_dict(values)
+
+
+def _official_name(path: Path) -> tuple[str | None, int | None]:
+    m = re.match(r"(.+?)_LC_.*_ngen(\d+)_\d+\.pth$", path.name)
+    return (m.group(1), int(m.group(2))) if m else (None, None)
+
+
+def load_direction(spec: str, backbone, cfg: EditConfig, weights_dir: str | None = None) -> Direction:
+    path = Path(spec)
+    if not path.exists() and spec.startswith("asyrp-"):
+        from asyrp import weights as registry
+        path = registry.resolve(spec, weights_dir=weights_dir)
+    block, meta = load_delta_block(path, config=parse_delta_config(cfg.delta_config), return_meta=True)
+    unet = backbone.unet
+    if (block.config.channels, block.config.spatial_size, block.config.temb_channels) != \
+            (unet.h_channels, unet.h_size, unet.temb_ch):
+        raise CheckpointError(f"{path}: a direction for h of {block.config.channels}×{block.config.spatial_size}² "
+                              f"(temb {block.config.temb_channels}); this backbone has {unet.h_channels}×{unet.h_size}² "
+                              f"(temb {unet.temb_ch}) — checkpoint of another architecture")
+    if meta.get("backbone_sha256") and meta["backbone_sha256"] != backbone.fingerprint:
+        raise CheckpointError(f"{path}: trained on backbone {meta['backbone_sha256'][:12]}…, not on this one "
+                              f"({backbone.fingerprint[:12]}…); edit with the backbone it was trained on")
+    attr, n_train = meta.get("attribute"), meta.get("n_train_step")
+    if meta.get("source_format") == "legacy":
+        attr, n_train = _official_name(path)
+    table = attribute_table()
+    t_edit = meta.get("t_edit") or (table[attr].t_edit if attr in table else None)
+    t_boost = meta.get("t_boost") or (table[attr].t_boost if attr in table else None)
+    n_train = cfg.n_train_step or n_train
+    if n_train is None:
+        raise UserError(f"{path}: the checkpoint does not say how many training steps it used; give --n-train-step")
+    return Direction(block.to(default_device(cfg.device)).eval(), str(path), attr, int(n_train), t_edit, t_boost)
+
+
+def settings_for(cfg: EditConfig, directions: list[Direction]) -> list[dict]:
+    """One dict per edited folder: label, the weight of each direction, and what produced it."""
+    k = len(directions)
+    coeffs = cfg.coefficients or ([1 / math.sqrt(k)] * k if k > 1 else [1.0])
+    if len(coeffs) != k:
+        raise UserError(f"{k} directions need {k} coefficients, got {len(coeffs)}")
+    scale = [d.n_train_step / cfg.n_test_step for d in directions]
+    out = []
+    if cfg.interpolate:
+        if k != 2:
+            raise UserError(f"interpolation needs exactly two directions, got {k}")
+        for a in cfg.interpolate:
+            weights = [(1 - a) * scale[0], a * scale[1]]
+            out.append({"label": f"a{a:.2f}", "alpha": a, "strength": 1.0, "weights": weights})
+    else:
+        for s in cfg.strengths:
+            weights = [s * c * sc for c, sc in zip(coeffs, scale)]
+            out.append({"label": f"s{s:+.2f}", "strength": s, "weights": weights})
+    single = len(out) == 1
+    for setting in out:
+        setting["folder"] = "edited" if single else f"edited_{setting['label']}"
+    return out
+
+
+def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict] | None = None,
+         directions: list[Direction] | None = None, weights_dir: str | None = None, progress: bool = True,
+         distributed=None) -> dict:
+    """Edit images into ``out_dir``; returns the run record written to ``edit.json``."""
+    out_dir = Path(out_dir)
+    device = default_device(cfg.device)
+    is_main = distributed is None or distributed.rank == 0
+    from asyrp.backbones import load_backbone
+    if backbone is None:
+        backbone = load_backbone(cfg.backbone, weights_dir=weights_dir, device=device)
+    unet = backbone.unet.to(device)
+    if directions is None:
+        if not cfg.directions:
+            raise UserError("give at least one direction (--direction runs/smiling/delta.pt)")
+        directions = [load_direction(d, backbone, cfg, weights_dir) for d in cfg.directions]
+    t_edit = cfg.t_edit if cfg.t_edit is not None else max((d.t_edit for d in directions if d.t_edit is not None),
+                                                           default=None)
+    if t_edit is None:
+        raise UserError("t_edit is unknown for these directions; give --t-edit")
+    t_boost = cfg.t_boost if cfg.t_boost is not None else next((d.t_boost for d in directions if d.t_boost), None)
+    if not cfg.boost:
+        t_boost = None
+    settings = settings_for(cfg, directions)
+    record = {"config": C.to_dict(cfg), "t_edit": t_edit, "t_boost": t_boost,
+              "backbone_sha256": backbone.fingerprint,
+              "directions": [{"path": d.path, "attribute": d.attribute, "n_train_step": d.n_train_step,
+                              "config": d.block.config.to_dict()} for d in directions],
+              "settings": settings}
+    if is_main:
+        previous = out_dir / "edit.json"
+        if previous.exists():
+            import json
+            old = json.loads(previous.read_text())
+            if {k: old.get(k) for k in ("config", "directions")} != {k: record[k] for k in ("config", "directions")}:
+                raise UserError(f"output folder {out_dir} holds another edit run; choose a new --out")
+        elif out_dir.exists() and any(out_dir.iterdir()):
+            raise UserError(f"output folder {out_dir} is not empty and holds no asyrp edit run; choose a new --out")
+    if entries is None:
+        from asyrp.inversion import InversionSettings, load_entries
+        entries = load_entries(backbone, cfg.data, cfg.n_images, cfg.cache_dir, cfg.split, cfg.image_start,
+                               cfg.sample_seed, InversionSettings(cfg.n_inv_step, cfg.t_0), cfg.batch_size, device,
+                               progress and is_main)
+    order = list(range(len(entries)))
+    mine = distributed.shard(order) if distributed is not None else order
+    alphas = D.alphas_cumprod(D.linear_betas()).to(device)
+    blocks = [d.block for d in directions]
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else _null()
+    bar = tqdm(total=len(mine), desc="edit", unit="img", disable=not (progress and is_main))
+    for start in range(0, len(mine), cfg.batch_size):
+        idx = mine[start:start + cfg.batch_size]
+        x_T = torch.stack([entries[i]["x_T"] for i in idx]).to(device)
+        names = [entries[i]["name"] for i in idx]
+        results = {}
+        with amp:
+            results["reconstructed"] = sampling.generate(
+                unet, x_T, alphas, cfg.n_test_step, cfg.t_0,
+                t_boost=t_boost if cfg.boost_reconstruction else None,
+                noise_generators=sampling.image_generators(cfg.seed, idx))
+            for s in settings:
+                delta = sampling.DeltaSum(blocks, s["weights"])
+                results[s["folder"]] = sampling.generate(
+                    unet, x_T, alphas, cfg.n_test_step, cfg.t_0, delta=delta, t_edit=t_edit, c0=cfg.c0,
+                    t_boost=t_boost, noise_generators=sampling.image_generators(cfg.seed, idx))
+        for j, i in enumerate(idx):
+            save_png(out_dir / "original" / f"{names[j]}.png", entries[i]["x0"])
+            for folder, images in results.items():
+                save_png(out_dir / folder / f"{names[j]}.png", images[j])
+        bar.update(len(idx))
+    bar.close()
+    if distributed is not None:
+        distributed.barrier()
+    if is_main:
+        from asyrp.plots import load_png
+        shown = [entries[i]["name"] for i in order[:8]]
+        folders = ["original", "reconstructed"] + [s["folder"] for s in settings]
+        save_rows(out_dir / "grid.png", [[load_png(out_dir / f / f"{n}.png") for f in folders] for n in shown])
+        record["images"] = [e["name"] for e in entries]
+        record["grid_columns"] = folders
+        atomic_json(out_dir / "edit.json", record)
+    return record
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: asyrp edit
+# --------------------------------------------------------------------------------------------------
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder (original/, reconstructed/, edited*/, grid.png)")
+    p.add_argument("--direction", action="append", dest="direction_list", metavar="CKPT",
+                   help="a delta checkpoint (repeat for several attributes at once)")
+    p.add_argument("--strength", type=float, help="one edit strength (default 1)")
+    p.add_argument("--config", help="YAML of EditConfig fields")
+    p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")
+    C.add_arguments(p, EditConfig, skip=("directions",))
+
+
+def main(args: argparse.Namespace) -> int:
+    data = C.load_yaml(args.config)
+    data.update(C.overrides_from_args(EditConfig, args))
+    if args.direction_list:
+        data["directions"] = args.direction_list
+    if args.strength is not None:
+        data["strengths"] = [args.strength]
+    cfg = C.from_dict(EditConfig, data)
+    from asyrp.distributed import context_from_env
+    dist = context_from_env()
+    record = edit(cfg, args.out, weights_dir=args.weights_dir, distributed=dist)
+    if dist is None or dist.rank == 0:
+        print(f"edited {len(record['images'])} images × {len(record['settings'])} settings into {args.out}")
+    if dist is not None:
+        dist.close()
+    return 0

@@ -1,0 +1,180 @@
+"""The inversion cache: every image is DDIM-inverted once and stored as {x0, x_T, x_rec} with the metadata that decides
+whether the entry can be reused (backbone fingerprint, n_inv_step, t_0, image size, source and its sha256).
+
+Layout: ``<cache_root>/<backbone fingerprint[:16]>_t<t_0>_ninv<n>_<size>px/<image name>.pt``. A later run reuses the
+entries whose metadata match and recomputes only what is missing or stale; each entry is written atomically.
+Images can also be *sampled* from the backbone (random x_T, deterministic DDIM): then x0 = x_rec = the sample, as in
+the reference's saved-random-noise mode, and a direction can be trained with no dataset at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from asyrp import diffusion as D
+from asyrp import sampling
+from asyrp.io import atomic_torch_save, default_device
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    n_inv_step: int = 40
+    t_0: int = 999
+
+
+def default_cache_root() -> Path:
+    from asyrp.weights import asyrp_home
+    return asyrp_home() / "inversions"
+
+
+def cache_dir(root: str | os.PathLike, backbone_fingerprint: str, settings: InversionSettings, image_size: int) -> Path:
+    return Path(root) / f"{backbone_fingerprint[:16]}_t{settings.t_0}_ninv{settings.n_inv_step}_{image_size}px"
+
+
+def _meta(item: dict, fingerprint: str, settings: InversionSettings, image_size: int) -> dict:
+    return {"version": CACHE_VERSION, "backbone_sha256": fingerprint, "n_inv_step": settings.n_inv_step,
+            "t_0": settings.t_0, "image_size": image_size, "name": item["name"], "source": item["source"],
+            "source_sha256": item["sha256"]}
+
+
+def _load_entry(path: Path, expected_meta: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged entry is stale: recompute it
+        return None
+    return entry if isinstance(entry, dict) and entry.get("meta") == expected_meta else None
+
+
+def precompute(unet, items: Sequence[dict], root: str | os.PathLike, fingerprint: str,
+               settings: InversionSettings = InversionSettings(), batch_size: int = 8,
+               device: str | torch.device | None = None, progress: bool = True) -> list[dict]:
+    """Entries {"name", "x0", "x_T", "x_rec", "meta"} for ``items`` (dicts with image/name/source/sha256), in order.
+
+    Reuses matching cache entries; inverts (n_inv_step − 1 U-Net calls) and reconstructs (n_inv_step calls) the rest
+    in batches, writing each entry as soon as it is done.
+    """
+    device = default_device(device)
+    if not items:
+        raise ValueError("no images to invert")
+    image_size = int(items[0]["image"].shape[-1])
+    folder = cache_dir(root, fingerprint, settings, image_size)
+    names = [it["name"] for it in items]
+    if len(set(names)) != len(names):
+        raise ValueError("image names must be unique within a run (they name the cache entries and output files)")
+    metas = [_meta(it, fingerprint, settings, image_size) for it in items]
+    entries: list[dict | None] = [_load_entry(folder / f"{it['name']}.pt", m) for it, m in zip(items, metas)]
+    todo = [i for i, e in enumerate(entries) if e is None]
+    alphas = D.alphas_cumprod(D.linear_betas()).to(device)
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="precompute", unit="img", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start:start + batch_size]
+        x0 = torch.stack([items[i]["image"] for i in idx]).to(device)
+        x_T = sampling.invert(unet, x0, alphas, settings.n_inv_step, settings.t_0)
+        x_rec = sampling.generate(unet, x_T, alphas, settings.n_inv_step, settings.t_0)
+        for j, i in enumerate(idx):
+            entry = {"name": items[i]["name"], "x0": x0[j].cpu(), "x_T": x_T[j].cpu(), "x_rec": x_rec[j].cpu(),
+                     "meta": metas[i]}
+            atomic_torch_save(entry, folder / f"{items[i]['name']}.pt")
+            entries[i] = entry
+        bar.update(len(idx))
+    bar.close()
+    return entries  # type: ignore[return-value]
+
+
+def sampled_items(n: int, seed: int, image_size: int, channels: int = 3, start: int = 0) -> list[dict]:
+    """Descriptors of images to be sampled from the backbone: x_T ~ N(0, I) from (seed, index)."""
+    return [{"name": f"sample_s{seed}_{i:05d}", "source": f"sampled:seed={seed}:index={i}",
+             "sha256": f"sampled-{seed}-{i}", "noise_shape": (channels, image_size, image_size), "index": i,
+             "seed": seed} for i in range(start, start + n)]
+
+
+def precompute_sampled(unet, n: int, seed: int, root: str | os.PathLike, fingerprint: str,
+                       settings: InversionSettings = InversionSettings(), batch_size: int = 8, start: int = 0,
+                       device: str | torch.device | None = None, progress: bool = True) -> list[dict]:
+    """Entries for n images sampled from the backbone (x_T fixed by (seed, index); x0 = x_rec = DDIM(x_T))."""
+    device = default_device(device)
+    size, channels = unet.image_size, unet.config["in_channels"]
+    descs = sampled_items(n, seed, size, channels, start)
+    folder = cache_dir(root, fingerprint, settings, size)
+    metas = [{"version": CACHE_VERSION, "backbone_sha256": fingerprint, "n_inv_step": settings.n_inv_step,
+              "t_0": settings.t_0, "image_size": size, "name": d["name"], "source": d["source"],
+              "source_sha256": d["sha256"]} for d in descs]
+    entries = [_load_entry(folder / f"{d['name']}.pt", m) for d, m in zip(descs, metas)]
+    todo = [i for i, e in enumerate(entries) if e is None]
+    alphas = D.alphas_cumprod(D.linear_betas()).to(device)
+    bar = tqdm(total=n, initial=n - len(todo), desc="sample", unit="img", disable=not progress)
+    for s in range(0, len(todo), batch_size):
+        idx = todo[s:s + batch_size]
+        x_T = torch.stack([torch.randn(descs[i]["noise_shape"],
+                                       generator=torch.Generator().manual_seed(seed * 1_000_003 + descs[i]["index"]))
+                           for i in idx]).to(device)
+        x0 = sampling.sample(unet, x_T, alphas, settings.n_inv_step, settings.t_0)
+        for j, i in enumerate(idx):
+            entry = {"name": descs[i]["name"], "x0": x0[j].cpu(), "x_T": x_T[j].cpu(), "x_rec": x0[j].cpu(),
+                     "meta": metas[i]}
+            atomic_torch_save(entry, folder / f"{descs[i]['name']}.pt")
+            entries[i] = entry
+        bar.update(len(idx))
+    bar.close()
+    return entries  # type: ignore[return-value]
+
+
+def load_entries(backbone, data: str, n: int, root: str | os.PathLike | None = None, split: str | None = None,
+                 start: int = 0, seed: int = 0, settings: InversionSettings = InversionSettings(),
+                 batch_size: int = 8, device=None, progress: bool = True) -> list[dict]:
+    """Cached inversions for a data source: ``"sampled"`` (images from the backbone) or a folder / LMDB path."""
+    root = Path(root) if root else default_cache_root()
+    if data == "sampled":
+        return precompute_sampled(backbone.unet, n, seed, root, backbone.fingerprint, settings, batch_size, start,
+                                  device, progress)
+    from asyrp.data import open_images
+    dataset = open_images(data, backbone.unet.image_size, split=split, n=n, start=start)
+    items = [dataset[i] for i in range(len(dataset))]
+    return precompute(backbone.unet, items, root, backbone.fingerprint, settings, batch_size, device, progress)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: asyrp precompute
+# --------------------------------------------------------------------------------------------------
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="celeba-hq", help="celeba-hq, lsun-church, lsun-bedroom, shapes, or a file")
+    p.add_argument("--unet-config", help="YAML with the reference `model:` block, for a bare state-dict backbone")
+    p.add_argument("--data", required=True, help="image folder, LMDB, dataset root with LMDB_train/LMDB_test, "
+                                                 "or 'sampled' (images generated by the backbone)")
+    p.add_argument("--split", help="train / test (LMDB roots) or SPLIT.json:NAME")
+    p.add_argument("--n", type=int, default=100, help="number of images (first N in order)")
+    p.add_argument("--start", type=int, default=0, help="skip the first START images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled images (--data sampled)")
+    p.add_argument("--n-inv-step", type=int, default=40)
+    p.add_argument("--t-0", type=int, default=999)
+    p.add_argument("--cache", help="cache root (default: $ASYRP_HOME/inversions)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")
+    p.add_argument("--device", help="cuda / cpu (default: CUDA when present)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import yaml
+
+    from asyrp.backbones import load_backbone
+    device = default_device(args.device)
+    config = yaml.safe_load(Path(args.unet_config).read_text()) if args.unet_config else None
+    backbone = load_backbone(args.backbone, config=config, weights_dir=args.weights_dir, device=device)
+    settings = InversionSettings(args.n_inv_step, args.t_0)
+    entries = load_entries(backbone, args.data, args.n, args.cache, args.split, args.start, args.seed, settings,
+                           args.batch_size, device)
+    folder = cache_dir(args.cache or default_cache_root(), backbone.fingerprint, settings, backbone.unet.image_size)
+    print(f"{len(entries)} inversions ready in {folder}")
+    return 0
