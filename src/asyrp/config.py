@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +18,7 @@ import yaml
 
 def _base_type(tp):
     origin = typing.get_origin(tp)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _base_type(args[0]) if len(args) == 1 else str
     if origin in (list, tuple):

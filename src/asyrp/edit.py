@@ -179,7 +179,7 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         from asyrp.inversion import InversionSettings, load_entries
         entries = load_entries(backbone, cfg.data, cfg.n_images, cfg.cache_dir, cfg.split, cfg.image_start,
                                cfg.sample_seed, InversionSettings(cfg.n_inv_step, cfg.t_0), cfg.batch_size, device,
-                               progress and is_main)
+                               progress and is_main, distributed=distributed)
     order = list(range(len(entries)))
     mine = distributed.shard(order) if distributed is not None else order
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)

@@ -132,15 +132,30 @@ def precompute_sampled(unet, n: int, seed: int, root: str | os.PathLike, fingerp
 
 def load_entries(backbone, data: str, n: int, root: str | os.PathLike | None = None, split: str | None = None,
                  start: int = 0, seed: int = 0, settings: InversionSettings = InversionSettings(),
-                 batch_size: int = 8, device=None, progress: bool = True) -> list[dict]:
-    """Cached inversions for a data source: ``"sampled"`` (images from the backbone) or a folder / LMDB path."""
+                 batch_size: int = 8, device=None, progress: bool = True, distributed=None) -> list[dict]:
+    """Cached inversions for a data source: ``"sampled"`` (images from the backbone) or a folder / LMDB path.
+
+    With ``distributed`` each rank first fills the cache for its own slice, then every rank reads all entries.
+    """
     root = Path(root) if root else default_cache_root()
     if data == "sampled":
-        return precompute_sampled(backbone.unet, n, seed, root, backbone.fingerprint, settings, batch_size, start,
-                                  device, progress)
+        def fill(lo, count, show):
+            return precompute_sampled(backbone.unet, count, seed, root, backbone.fingerprint, settings, batch_size,
+                                      start + lo, device, show)
+        if distributed is not None:
+            mine = distributed.shard(range(n))
+            if mine:
+                fill(mine[0], len(mine), False)
+            distributed.barrier()
+        return fill(0, n, progress)
     from asyrp.data import open_images
     dataset = open_images(data, backbone.unet.image_size, split=split, n=n, start=start)
     items = [dataset[i] for i in range(len(dataset))]
+    if distributed is not None:
+        mine = distributed.shard(items)
+        if mine:
+            precompute(backbone.unet, mine, root, backbone.fingerprint, settings, batch_size, device, False)
+        distributed.barrier()
     return precompute(backbone.unet, items, root, backbone.fingerprint, settings, batch_size, device, progress)
 
 

@@ -257,9 +257,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
         from asyrp.inversion import InversionSettings, load_entries
         entries = load_entries(backbone, cfg.data, cfg.n_images, cfg.cache_dir, cfg.split, cfg.image_start,
                                cfg.sample_seed, InversionSettings(cfg.n_inv_step, cfg.t_0), device=device,
-                               progress=progress and is_main)
+                               progress=progress and is_main, distributed=distributed)
     if len(entries) < 1:
         raise UserError("no training images")
+    if distributed is not None:
+        smallest = len(entries) % cfg.batch_size or cfg.batch_size
+        if smallest < distributed.world_size:
+            raise UserError(f"{distributed.world_size} processes need at least {distributed.world_size} images in every "
+                            f"batch; with {len(entries)} images and batch size {cfg.batch_size} the last batch has "
+                            f"{smallest}: change --n-images or --batch-size")
 
     block = init_block(cfg, delta_cfg, device)
     params = [p for p in block.parameters() if p.requires_grad]
