@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import warnings
@@ -240,7 +241,7 @@ def test_prepare_lmdb_matches_reference_layout(source_folder, tmp_path):
     decoded = Image.open(io.BytesIO(records["16-00001"])).convert("RGB")
     assert torch.equal(item["image"], data.to_tensor(decoded))
     assert item["source"] == f"lmdb:{out}#1" and item["name"] == "00001"
-    assert item["sha256"] == __import__("hashlib").sha256(records["16-00001"]).hexdigest()
+    assert item["sha256"] == hashlib.sha256(records["16-00001"]).hexdigest()
     # stored size chosen for a smaller image_size: the next larger one, then resized
     small = LMDBImages(out, 8)
     assert small.resolution == 16
@@ -339,6 +340,7 @@ def test_make_split_is_deterministic_and_disjoint():
     assert split["train"] == sorted(split["train"]) and split["test"] == sorted(split["test"])
     assert make_split(names, 10, seed=4) != split
     assert len(make_split(names, 0.25, seed=0)["test"]) == 13  # 12.5 rounds half up
+    assert make_split(names, np.int64(10), seed=3) == split
     for bad in (51, -1, 1.5, "3"):
         with pytest.raises(DataError):
             make_split(names, bad)
@@ -436,3 +438,6 @@ def test_cli_prepare_lmdb(source_folder, tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("asyrp prepare-lmdb: error:") and "does not exist" in err
     assert not (tmp_path / "out2").exists()
     assert cli.main(["prepare-lmdb", str(source_folder), str(tmp_path / "out3"), "--size", "16,x"]) == 2
+    (source_folder / "broken.png").write_bytes(b"junk")
+    assert cli.main(["prepare-lmdb", str(source_folder), str(tmp_path / "out4"), "--size", "8"]) == 0
+    assert "asyrp prepare-lmdb: warning: skipped 1 of 4 files" in capsys.readouterr().err

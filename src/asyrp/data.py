@@ -26,15 +26,17 @@ import io
 import json
 import math
 import multiprocessing
+import numbers
 import os
 import re
 import secrets
 import shutil
+import sys
 import warnings
 import weakref
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import lmdb
 import numpy as np
@@ -436,14 +438,14 @@ def make_split(names: Iterable[str], test_size: int | float, seed: int = 0) -> d
     repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         raise DataError(f"names must be unique; repeated: {_preview(repeated)}")
-    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)):
+    if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real):
         raise DataError(f"test_size must be an int count or a float fraction, got {test_size!r}")
-    if isinstance(test_size, float):
+    if not isinstance(test_size, numbers.Integral):
         if not 0.0 <= test_size <= 1.0:
             raise DataError(f"a fractional test_size must lie in [0, 1], got {test_size}")
         n_test = math.floor(test_size * len(names) + 0.5)
     else:
-        n_test = test_size
+        n_test = int(test_size)
     if not 0 <= n_test <= len(names):
         raise DataError(f"test_size={test_size} does not fit {len(names)} names")
     ranked = sorted(names, key=lambda name: hashlib.sha256(f"{seed}\0{name}".encode()).hexdigest())
@@ -729,8 +731,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    count = prepare_lmdb(args.src, args.out, sizes=args.size, resample=args.resample, quality=args.quality,
-                         workers=args.workers, overwrite=args.overwrite)
+    with warnings.catch_warnings():  # restores the default display afterwards
+        # skipped files are reported as one plain line when found, not with Python's source-line decoration
+        warnings.showwarning = lambda message, *_: print(f"asyrp prepare-lmdb: warning: {message}", file=sys.stderr)
+        count = prepare_lmdb(args.src, args.out, sizes=args.size, resample=args.resample, quality=args.quality,
+                             workers=args.workers, overwrite=args.overwrite)
     megabytes = (Path(args.out) / "data.mdb").stat().st_size / 2**20
     print(f"wrote {count} images at size(s) {args.size} to {args.out} ({megabytes:.1f} MiB)")
     return 0
