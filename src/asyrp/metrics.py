@@ -188,7 +188,8 @@ def s_dir_cosines(src_img_emb, edit_img_emb, text_direction) -> torch.Tensor:
     """
     src, edit = torch.as_tensor(src_img_emb).float(), torch.as_tensor(edit_img_emb).float()
     if src.shape != edit.shape:
-        raise ValueError(f"source and edited embeddings must pair row by row: {tuple(src.shape)} vs {tuple(edit.shape)}")
+        raise ValueError(f"source and edited embeddings must pair row by row: {tuple(src.shape)} vs "
+                         f"{tuple(edit.shape)}")
     d_img = F.normalize(edit, dim=-1) - F.normalize(src, dim=-1)
     d_txt = torch.as_tensor(text_direction).float().reshape(1, -1).to(d_img.device)
     return F.cosine_similarity(d_img, d_txt, dim=-1, eps=1e-8)
@@ -404,9 +405,9 @@ def pair_images(original_dir, edited_dir, reconstructed_dir=None, edited_suffix:
     for kind, folder in folders.items():
         files = _image_files(folder)
         if kind == "edited" and edited_suffix:
-            # key = the original's name; a file without the suffix keeps its name and so fails to pair
-            keyed[kind] = {(p.stem[:-len(edited_suffix)] + p.suffix if p.stem.endswith(edited_suffix) else p.name): p
-                           for p in files}
+            # key = the original's name; a file without the suffix gets a key no original has, so it fails to pair
+            keyed[kind] = {(p.stem[:-len(edited_suffix)] + p.suffix if p.stem.endswith(edited_suffix)
+                            else "\0" + p.name): p for p in files}
         else:
             keyed[kind] = {p.name: p for p in files}
     if not keyed["original"]:
@@ -533,11 +534,12 @@ def evaluate_folders(original_dir, edited_dir, reconstructed_dir=None, *, src_te
         model_name = getattr(encoder, "name", None) or type(encoder).__name__
         clip = CLIPDirection(encoder, src_text, trg_text, templates=True if prompt_mode == "templates" else None,
                              antialias=antialias, image_size=_clip_image_size(encoder))
-    inception = None
+    inception = inception_name = None
     if fid:
         inception = inception_model if inception_model is not None else load_fid_inception(inception_weights,
                                                                                               weights_dir)
         inception = inception.to(device).eval()
+        inception_name = getattr(inception, "name", None) or type(inception).__name__
 
     feats, embs = {}, {}
     for kind, kind_paths in paths.items():
@@ -568,18 +570,18 @@ def evaluate_folders(original_dir, edited_dir, reconstructed_dir=None, *, src_te
     if fid:
         pairs = [p for p in (("original", "edited"), ("reconstructed", "edited"), ("original", "reconstructed"))
                  if p[0] in paths and p[1] in paths]
-        inception_name = getattr(inception, "name", None) or type(inception).__name__
         small = False
         for label, rows in subsets:
             n = len(rows)
             small |= n < FID_SMALL_N
             for a, b in pairs:
                 common = {"source": a, "pair": [a, b], "model": inception_name, "prompt_mode": None, "n": n,
-                          "group": label}
+                          "group": label, **({} if n >= 2 else {"note": "not computed: needs n >= 2"})}
                 fa, fb = feats[a][rows], feats[b][rows]
-                fid_value = fid_from_features(fa, fb, fid_method) if n >= 2 else None
+                method = fid_method if fid_method != "auto" else "svd" if n < fa.shape[1] else "sqrtm"
+                fid_value = fid_from_features(fa, fb, method) if n >= 2 else None
                 metrics.append({"metric": "fid", "definition": DEFINITIONS["fid"], **common, "mean": fid_value,
-                                "std": None, "fid_biased_small_n": n < FID_SMALL_N, "fid_method": fid_method})
+                                "std": None, "fid_biased_small_n": n < FID_SMALL_N, "fid_method": method})
                 kid = kid_from_features(fa, fb, kid_subsets, kid_subset_size, seed) if n >= 2 else {}
                 metrics.append({"metric": "kid", "definition": DEFINITIONS["kid"], **common,
                                 "mean": kid.get("mean"), "std": kid.get("std"), "num_subsets": kid.get("num_subsets"),
@@ -599,7 +601,7 @@ def evaluate_folders(original_dir, edited_dir, reconstructed_dir=None, *, src_te
                      "n_templates": len(clip.templates) if clip is not None and clip.templates else None,
                      "src_text": src_text, "trg_text": trg_text, "antialias": antialias,
                      "clip_image_size": clip.image_size if clip is not None else None,
-                     "inception": getattr(inception, "name", None) if inception is not None else None,
+                     "inception": inception_name,
                      "fid_method": fid_method, "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size,
                      "seed": seed, "groups_csv": str(groups) if groups else None},
         "groups": {label: len(rows) for label, rows in group_index.items()},
@@ -609,15 +611,21 @@ def evaluate_folders(original_dir, edited_dir, reconstructed_dir=None, *, src_te
     })
 
 
-def _run_config(run_dir: Path) -> dict:
-    for name in ("config.json", "run.json"):
+def _run_config(run_dir: Path, edited: Path) -> dict:
+    """The run's record (config.json, run.json or asyrp edit's edit.json) and, from an edit.json, the setting
+    (strength / weights) that produced the evaluated edited folder."""
+    for name in ("config.json", "run.json", "edit.json"):
         path = run_dir / name
         if path.is_file():
             try:
-                return {"config_file": name, "config": json.loads(path.read_text())}
+                config = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} is not valid JSON: {e}") from None
-    return {"config_file": None, "config": None}
+            settings = config.get("settings") if isinstance(config, dict) else None
+            setting = next((s for s in settings if isinstance(s, dict) and s.get("folder") == edited.name), None) \
+                if isinstance(settings, list) else None
+            return {"config_file": name, "config": config, "setting": setting}
+    return {"config_file": None, "config": None, "setting": None}
 
 
 def default_eval_path(run_dir, edited_dir=None, edited_suffix: str = "") -> Path:
@@ -626,7 +634,7 @@ def default_eval_path(run_dir, edited_dir=None, edited_suffix: str = "") -> Path
     run_dir = Path(run_dir)
     if (edited_dir is None or Path(edited_dir).resolve() == (run_dir / "edited").resolve()) and not edited_suffix:
         return run_dir / "eval.json"
-    tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(edited_dir or "edited").name + edited_suffix)
+    tag = "".join(c if c.isalnum() or c in "+-_." else "_" for c in Path(edited_dir or "edited").name + edited_suffix)
     return run_dir / f"eval_{tag}.json"
 
 
@@ -643,7 +651,7 @@ def evaluate_run(run_dir, edited_dir=None, *, out=None, write: bool = True, **kw
     edited = Path(edited_dir) if edited_dir is not None else run_dir / "edited"
     recon = run_dir / "reconstructed"
     result = evaluate_folders(run_dir / "original", edited, recon if recon.is_dir() else None, **kwargs)
-    result = {"schema": result["schema"], "run": {"dir": str(run_dir), **_run_config(run_dir)},
+    result = {"schema": result["schema"], "run": {"dir": str(run_dir), **_run_config(run_dir, edited)},
               **{k: v for k, v in result.items() if k != "schema"}}
     if write:
         path = Path(out) if out is not None else default_eval_path(run_dir, edited_dir,
@@ -692,7 +700,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="KID subset seed")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA if available)")
-    parser.add_argument("--out", help="output JSON (default RUN_DIR/eval.json)")
+    parser.add_argument("--out", help="output JSON (default RUN_DIR/eval.json; RUN_DIR/eval_<edited dir><suffix>.json "
+                        "with --edited-dir / --edited-suffix)")
 
 
 def main(args: argparse.Namespace) -> int:
