@@ -221,6 +221,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
     asyrp.distributed.Context for multi-process training (gradients all-reduced; rank 0 writes).
     """
     cfg.validate()
+    texts = resolve_texts(cfg.attribute, cfg.src, cfg.trg)  # before loading any model: a typo fails fast
     run_dir = Path(run_dir)
     device = default_device(cfg.device)
     if device.type == "cuda":
@@ -238,7 +239,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
     if clip is None:
         clip = load_clip_model(cfg.clip_model or backbone.default_clip, device=device)
     encoder, clip_size = clip
-    texts = resolve_texts(cfg.attribute, cfg.src, cfg.trg)
     direction = CLIPDirection(encoder, texts.src, texts.trg, templates=cfg.clip_templates,
                               antialias=cfg.clip_antialias, image_size=clip_size).to(device)
     res = resolve_run(cfg, backbone, direction)
