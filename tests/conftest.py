@@ -17,6 +17,14 @@ TINY_UNET = dict(ch=32, out_ch=3, ch_mult=[1, 2, 2], num_res_blocks=1, attn_reso
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# No test may touch the network or the user's cache: downloads are off and ASYRP_HOME is a fresh folder.
+os.environ["ASYRP_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_asyrp_home(tmp_path_factory):
+    os.environ["ASYRP_HOME"] = str(tmp_path_factory.mktemp("asyrp_home"))
+
 
 def decode_state_dict(encoded: dict) -> dict:
     """Decode the fixtures' exact low-rank integer encoding (see ../shared/fixtures/README.md)."""

@@ -527,8 +527,13 @@ def evaluate_folders(original_dir, edited_dir, reconstructed_dir=None, *, src_te
     # models, loaded once (after all cheap checks have passed)
     clip = model_name = None
     if sdir:
-        encoder = clip_encoder if clip_encoder is not None else load_clip(clip_model, clip_weights, device,
-                                                                          weights_dir)
+        if clip_encoder is not None:
+            encoder = clip_encoder
+        elif clip_weights is not None or clip_model in CLIP_ARCHS:
+            encoder = load_clip(clip_model, clip_weights, device, weights_dir)
+        else:  # OpenAI names, the shapes world's tiny CLIP ("shapes"), or an asyrp CLIP file
+            from asyrp.backbones import load_clip_model
+            encoder = load_clip_model(clip_model, weights_dir=weights_dir, device=device)[0]
         if isinstance(encoder, nn.Module):
             encoder = encoder.to(device)
         model_name = getattr(encoder, "name", None) or type(encoder).__name__
