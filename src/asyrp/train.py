@@ -35,7 +35,7 @@ from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp.attributes import attribute_table, resolve_texts
 from asyrp.cli import UserError
-from asyrp.io import append_jsonl, atomic_json, atomic_torch_save, default_device, read_jsonl
+from asyrp.io import append_jsonl, atomic_json, atomic_torch_save, default_device
 from asyrp.models.delta import DeltaBlockConfig, build_delta_block, load_delta_block, save_delta_block
 
 

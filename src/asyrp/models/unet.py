@@ -189,7 +189,7 @@ class DDPMUNet(nn.Module):
             t = t.expand(x.shape[0])
         temb = self.time_embedding(t)
         skips = [self.conv_in(x)]
-        for i, level in enumerate(self.down):
+        for level in self.down:
             for j, block in enumerate(level.block):
                 h = block(skips[-1], temb)
                 if len(level.attn) > 0:
