@@ -86,10 +86,13 @@ class TrainConfig:
     seed: int = 1234
     # speed (see asyrp.bench); all exact except precision
     precision: str = "fp32"                # fp32 | bf16 (autocast for U-Net and CLIP; DDIM maths and loss in fp32)
+    # bf16 only where P_t = (x_t − √(1−ᾱ)ε̃)/√ᾱ does not amplify ε's rounding error by more than this factor
+    # (√((1−ᾱ)/ᾱ) is 157 at t = 999, 10 at t = 673): higher timesteps run in fp32 (TF32 on GPUs)
+    bf16_max_x0_gain: float = 10.0
     cache_source_embeddings: bool = True   # E_I(x0) is constant per image: encode it once per batch
     channels_last: bool = False
-    compile: bool = False
-    tf32: bool = True
+    compile: bool = False                  # torch.compile the U-Net's edited forward and the block
+    tf32: bool = True                      # TF32 matmuls on GPUs (cuDNN convolutions use TF32 by PyTorch default)
     # bookkeeping
     log_every: int = 1                     # flush the JSONL log every k steps (every step is logged)
     preview_every: int = 0                 # write a preview every k batches (0: off)
@@ -110,7 +113,7 @@ class TrainConfig:
 PRESETS = {
     # the original's work: fp32, batch 1, a separate unedited chain, nothing cached
     "reference": dict(precision="fp32", batch_size=1, l1_reference="chain", cache_source_embeddings=False,
-                      channels_last=False, compile=False),
+                      channels_last=False, compile=False, tf32=False),
     "fast": dict(precision="bf16", l1_reference="same_xt", cache_source_embeddings=True, channels_last=True),
 }
 
@@ -133,6 +136,13 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def step_precision(cfg: "TrainConfig", a_t: torch.Tensor) -> str:
+    """bf16 only where the x0 prediction amplifies ε's error by at most ``bf16_max_x0_gain``."""
+    if cfg.precision != "bf16":
+        return cfg.precision
+    return "bf16" if float(((1 - a_t) / a_t).sqrt()) <= cfg.bf16_max_x0_gain else "fp32"
 
 
 @dataclass
@@ -208,6 +218,56 @@ def check_run_dir(run_dir: Path, config_record: dict, resume: bool) -> bool:
     return False
 
 
+def make_direction(encoder, clip_size: int, cfg: TrainConfig, device):
+    """The CLIP direction of a run (text direction computed once)."""
+    from asyrp.clip_loss import CLIPDirection
+    texts = resolve_texts(cfg.attribute, cfg.src, cfg.trg)
+    return CLIPDirection(encoder, texts.src, texts.trg, templates=cfg.clip_templates, antialias=cfg.clip_antialias,
+                         image_size=clip_size).to(device)
+
+
+def apply_speed_settings(cfg: TrainConfig, unet: torch.nn.Module, device: torch.device) -> None:
+    """TF32 matmuls and the U-Net's memory format for a run's switches (undo with ``channels_last=False``)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    unet.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+
+
+class Session:
+    """Everything one training run steps with: resolved settings, the block, its optimiser, the grid, ᾱ.
+
+    :func:`train` wraps it with a run folder; :mod:`asyrp.bench` times it directly. ``close()`` puts the shared U-Net
+    back into its default memory format.
+    """
+
+    def __init__(self, cfg: TrainConfig, backbone, direction, device, block=None):
+        cfg.validate()
+        self.cfg, self.device, self.direction = cfg, torch.device(device), direction
+        self.unet = backbone.unet.to(self.device).eval().requires_grad_(False)
+        apply_speed_settings(cfg, self.unet, self.device)
+        self.res = resolve_run(cfg, backbone, direction)
+        self.block = block if block is not None else \
+            init_block(cfg, DeltaBlockConfig.from_dict(self.res.delta), self.device)
+        self.params = [p for p in self.block.parameters() if p.requires_grad]
+        self.opt, self.sched = make_optimizer(self.params, cfg)
+        self.run_block = torch.compile(self.block) if cfg.compile else self.block
+        self.forward_edit = torch.compile(self.unet.forward_edit) if cfg.compile else self.unet.forward_edit
+        self.alphas = D.alphas_cumprod(D.linear_betas()).to(self.device)
+        self.pairs = [tuple(p) for p in self.res.training_steps]
+        self.state = {"epoch": 0, "batch": 0, "step": 0, "images": 0, "log_lines": 0, "seconds": 0.0}
+
+    def run_batch(self, entries: list[dict], idx: list[int], pairs=None, eager: bool = False,
+                  pending: list[dict] | None = None, distributed=None, global_batch: int | None = None) -> list[dict]:
+        """Walk the grid (or ``pairs``) for the images ``idx``; returns the step records (loss tensors)."""
+        pending = [] if pending is None else pending
+        _train_batch(self, entries, idx, pending, list(pairs if pairs is not None else self.pairs), distributed,
+                     global_batch or len(idx), eager=eager)
+        return pending
+
+    def close(self) -> None:
+        self.unet.to(memory_format=torch.contiguous_format)
+
+
 # --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
@@ -221,28 +281,18 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
     asyrp.distributed.Context for multi-process training (gradients all-reduced; rank 0 writes).
     """
     cfg.validate()
-    texts = resolve_texts(cfg.attribute, cfg.src, cfg.trg)  # before loading any model: a typo fails fast
+    resolve_texts(cfg.attribute, cfg.src, cfg.trg)  # before loading any model: a typo fails fast
     run_dir = Path(run_dir)
     device = default_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
     is_main = distributed is None or distributed.rank == 0
 
     from asyrp.backbones import load_backbone, load_clip_model
-    from asyrp.clip_loss import CLIPDirection
     if backbone is None:
         backbone = load_backbone(cfg.backbone, device=device)
-    unet = backbone.unet.to(device).eval().requires_grad_(False)
-    if cfg.channels_last:
-        unet = unet.to(memory_format=torch.channels_last)
     if clip is None:
         clip = load_clip_model(cfg.clip_model or backbone.default_clip, device=device)
-    encoder, clip_size = clip
-    direction = CLIPDirection(encoder, texts.src, texts.trg, templates=cfg.clip_templates,
-                              antialias=cfg.clip_antialias, image_size=clip_size).to(device)
+    direction = make_direction(*clip, cfg, device)
     res = resolve_run(cfg, backbone, direction)
-    delta_cfg = DeltaBlockConfig.from_dict(res.delta)
     record = {"config": C.to_dict(cfg), "resolved": dataclasses.asdict(res)}
 
     if is_main:
@@ -267,25 +317,27 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
                             f"batch; with {len(entries)} images and batch size {cfg.batch_size} the last batch has "
                             f"{smallest}: change --n-images or --batch-size")
 
-    block = init_block(cfg, delta_cfg, device)
-    params = [p for p in block.parameters() if p.requires_grad]
-    opt, sched = make_optimizer(params, cfg)
-    run_block = torch.compile(block) if cfg.compile else block
+    session = Session(cfg, backbone, direction, device)
+    try:
+        return _run(session, run_dir, entries, is_main, distributed, progress)
+    finally:
+        session.close()
 
-    state = {"epoch": 0, "batch": 0, "step": 0, "images": 0, "log_lines": 0, "seconds": 0.0}
+
+def _run(session: Session, run_dir: Path, entries: list[dict], is_main: bool, distributed, progress: bool) -> Path:
+    cfg, res, block, opt, sched = session.cfg, session.res, session.block, session.opt, session.sched
+    state = session.state
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     if ckpt_path.exists():  # resume (check_run_dir refused a resume-less restart)
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         block.load_state_dict(ck["block"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        state = ck["state"]
+        state.update(ck["state"])
         if is_main and (run_dir / "log.jsonl").exists():  # drop log lines written after the checkpoint
             lines = (run_dir / "log.jsonl").read_text().splitlines(keepends=True)[: state["log_lines"]]
             (run_dir / "log.jsonl").write_text("".join(lines))
 
-    alphas = D.alphas_cumprod(D.linear_betas()).to(device)
-    pairs = [tuple(p) for p in res.training_steps]
     n_batches = math.ceil(len(entries) / cfg.batch_size)
     shard = distributed.shard if distributed is not None else (lambda idx: idx)
     pending: list[dict] = []
@@ -316,18 +368,17 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
             order = torch.randperm(len(entries), generator=g).tolist()
         while state["batch"] < n_batches:
             b = state["batch"]
-            idx = shard(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-            batch_loss = _train_batch(cfg, res, unet, run_block, direction, opt, params, entries, idx, pairs,
-                                      alphas, device, distributed, state, pending,
-                                      global_batch=len(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]))
+            batch = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            session.run_batch(entries, shard(batch), pending=pending, distributed=distributed, global_batch=len(batch))
+            batch_loss = float(pending[-1]["loss"]) if pending else float("nan")
             state["batch"] += 1
-            state["images"] += len(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+            state["images"] += len(batch)
             state["seconds"] = time.perf_counter() - t_start
             if len(pending) >= cfg.log_every:
                 flush_log()
             if is_main and cfg.preview_every and state["batch"] % cfg.preview_every == 0:
-                write_preview(run_dir / "previews" / f"e{state['epoch']}_b{state['batch']:05d}.png", unet, block,
-                              entries, order[b * cfg.batch_size:(b + 1) * cfg.batch_size], res, cfg, alphas, device)
+                write_preview(run_dir / "previews" / f"e{state['epoch']}_b{state['batch']:05d}.png", session, entries,
+                              batch)
             if state["batch"] % cfg.checkpoint_every == 0 or state["batch"] == n_batches:
                 save_checkpoint()
             bar.update(1)
@@ -358,32 +409,36 @@ def _meta(cfg: TrainConfig, res: Resolved, state: dict) -> dict:
             "steps": state["step"], "images": state["images"]}
 
 
-def _train_batch(cfg, res, unet, block, direction, opt, params, entries, idx, pairs, alphas, device, distributed,
-                 state, pending, global_batch) -> float:
+def _train_batch(session: Session, entries, idx, pending, pairs, distributed, global_batch, eager=False) -> None:
     """Walk the training grid for one batch; one optimiser step per timestep (or per accumulation window).
 
     The CLIP term is −log((1 + m)/2) with m the mean cosine over the (global) batch, as the reference (mean before the
     log). Its gradient −1/(1+m) · ∂m is formed from the local images and the global m, so a batch split over several
-    processes (gradients summed) gives the same update as one process.
+    processes (gradients summed) gives the same update as one process. Step records (loss tensors, no host sync)
+    are appended to ``pending``.
     """
+    cfg, res, direction, opt, state, device = (session.cfg, session.res, session.direction, session.opt,
+                                               session.state, session.device)
+    unet, alphas = session.unet, session.alphas
+    block = session.block if eager else session.run_block
+    forward_edit = unet.forward_edit if eager else session.forward_edit
     x0 = torch.stack([entries[i]["x0"] for i in idx]).to(device)
     x = torch.stack([entries[i]["x_T"] for i in idx]).to(device)
     if cfg.channels_last:
         x0, x = x0.contiguous(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    amp = autocast(device, cfg.precision)
-    with torch.no_grad(), amp:
+    with torch.no_grad(), autocast(device, cfg.precision):
         src_emb = direction.encode_images(x0).float() if cfg.cache_source_embeddings else None
     x_orig = x.clone() if cfg.l1_reference == "chain" else None
     need_l1_eps = cfg.l1_weight > 0 and cfg.l1_reference == "same_xt"
     share = len(idx) / global_batch  # this process's part of the batch mean
     opt.zero_grad(set_to_none=True)
-    last_loss = torch.zeros((), device=device)
     for k, (t, t_next) in enumerate(pairs):
         a_t, a_next = D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next)
         t_vec = torch.full((len(idx),), float(t), device=device)
+        amp = autocast(device, step_precision(cfg, a_t))
         with amp:
-            eps, eps_edit, _, _ = unet.forward_edit(x, t_vec, block, res.t_edit, ignore_timestep=cfg.ignore_timestep,
-                                                    need_eps=t_next >= 0 or need_l1_eps)
+            eps, eps_edit, _, _ = forward_edit(x, t_vec, block, res.t_edit, ignore_timestep=cfg.ignore_timestep,
+                                               need_eps=t_next >= 0 or need_l1_eps)
         eps_edit = eps_edit.float()
         eps = eps.float() if eps is not None else None
         p_edit = D.predict_x0(x, eps_edit, a_t)
@@ -417,7 +472,7 @@ def _train_batch(cfg, res, unet, block, direction, opt, params, entries, idx, pa
         objective.backward()
         if (k + 1) % cfg.accumulation_steps == 0 or k == len(pairs) - 1:
             if distributed is not None:
-                distributed.all_reduce_grads(params)
+                distributed.all_reduce_grads(session.params)
             opt.step()
             opt.zero_grad(set_to_none=True)
             state["step"] += 1
@@ -427,22 +482,22 @@ def _train_batch(cfg, res, unet, block, direction, opt, params, entries, idx, pa
         loss = res.clip_weight * loss_clip + cfg.l1_weight * res.text_cosine * loss_l1
         pending.append({"epoch": state["epoch"], "batch": state["batch"], "step": state["step"], "t": t,
                         "lr": opt.param_groups[0]["lr"], "loss": loss, "loss_clip": loss_clip, "loss_l1": loss_l1})
-        last_loss = loss
-    return float(last_loss)
 
 
 @torch.no_grad()
-def write_preview(path: Path, unet, block, entries, idx, res: Resolved, cfg: TrainConfig, alphas, device) -> None:
+def write_preview(path: Path, session: Session, entries, idx) -> None:
     """x0 | reconstruction | edit (strength 1, the training grid, quality boosting below t_boost) for a batch."""
     from asyrp import sampling
     from asyrp.plots import save_rows
 
+    cfg, res, block = session.cfg, session.res, session.block
     was_training = block.training
     block.eval()
-    x_T = torch.stack([entries[i]["x_T"] for i in idx]).to(device)
+    x_T = torch.stack([entries[i]["x_T"] for i in idx]).to(session.device)
     gens = sampling.image_generators(cfg.seed, idx, device="cpu")
-    edited = sampling.generate(unet, x_T, alphas, cfg.n_train_step, cfg.t_0, delta=block, t_edit=res.t_edit,
-                               t_boost=res.t_boost, noise_generators=gens, ignore_timestep=cfg.ignore_timestep)
+    edited = sampling.generate(session.unet, x_T, session.alphas, cfg.n_train_step, cfg.t_0, delta=block,
+                               t_edit=res.t_edit, t_boost=res.t_boost, noise_generators=gens,
+                               ignore_timestep=cfg.ignore_timestep)
     rows = [torch.stack([entries[i]["x0"] for i in idx]), torch.stack([entries[i]["x_rec"] for i in idx]), edited.cpu()]
     save_rows(path, rows)
     block.train(was_training)
