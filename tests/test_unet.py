@@ -156,3 +156,15 @@ def test_need_eps_false_skips_plain_decoder(small):
         ref = model.forward_edit(fx["x"], torch.tensor([600.0, 600.0]), block, 400)
     assert eps is None
     torch.testing.assert_close(eps_edited, ref[1])
+
+
+def test_python_timestep_equals_tensor_timestep(small):
+    """A Python t (decided on the host, no device sync) gives the same result as a per-sample tensor."""
+    fx, model, block = small
+    with torch.no_grad():
+        a = model.forward_edit(fx["x"], 600, block, 400)
+        b = model.forward_edit(fx["x"], torch.tensor([600.0, 600.0]), block, 400)
+        c = model.forward_edit(fx["x"], 300, block, 400)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    assert c[3] is None and torch.equal(c[0], c[1])

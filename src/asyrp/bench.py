@@ -485,7 +485,7 @@ def numerical_guard(unet, encoder, clip_size: int, *, device=None, batch_size: i
         x = x_T.contiguous(memory_format=torch.channels_last) if s.cfg.channels_last else x_T
         outs = []
         for t in (t_first, T_EDIT):  # in the precision training uses at t (T.step_precision)
-            with torch.no_grad(), T.autocast(device, T.step_precision(s.cfg, D.alpha_bar(alphas, t))):
+            with torch.no_grad(), T.autocast(device, T.step_precision(s.cfg, t)):
                 eps, eps_edit, _, _ = unet.forward_edit(x, torch.full((batch_size,), float(t), device=device),
                                                         s.block, T_EDIT)
             outs.append((eps.float(), eps_edit.float()))

@@ -45,6 +45,10 @@ def alpha_bar(alphas: torch.Tensor, t: torch.Tensor | int | Sequence[int]) -> to
 
     A scalar ``t`` gives a 0-d tensor that broadcasts over any batch.
     """
+    if isinstance(t, int):  # a Python timestep: checked on the host, no device synchronisation
+        if not CLEAN <= t < alphas.numel():
+            raise ValueError(f"timesteps must lie in [-1, {alphas.numel() - 1}], got {t}")
+        return alphas[t] if t >= 0 else torch.ones((), dtype=alphas.dtype, device=alphas.device)
     t = torch.as_tensor(t, device=alphas.device)
     if t.is_floating_point():
         t = t.long()

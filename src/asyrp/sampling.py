@@ -68,7 +68,7 @@ def generate(unet: nn.Module, x_T: torch.Tensor, alphas: torch.Tensor, n_steps: 
     for t, t_next in tqdm(D.generative_pairs(n_steps, t_0), desc="generate", disable=not progress, leave=False):
         a_t, a_next = D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next)
         if delta is not None and t >= t_edit:
-            eps, eps_edited, _, _ = unet.forward_edit(x, _t(t, x), delta, t_edit, c0=c0, c1=c1,
+            eps, eps_edited, _, _ = unet.forward_edit(x, t, delta, t_edit, c0=c0, c1=c1,
                                                       ignore_timestep=ignore_timestep)
         else:
             eps = eps_edited = unet(x, _t(t, x))

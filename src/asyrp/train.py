@@ -138,11 +138,12 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def step_precision(cfg: "TrainConfig", a_t: torch.Tensor) -> str:
-    """bf16 only where the x0 prediction amplifies ε's error by at most ``bf16_max_x0_gain``."""
+def step_precision(cfg: "TrainConfig", t: int) -> str:
+    """bf16 only where the x0 prediction amplifies ε's error by at most ``bf16_max_x0_gain`` (host-side maths)."""
     if cfg.precision != "bf16":
         return cfg.precision
-    return "bf16" if float(((1 - a_t) / a_t).sqrt()) <= cfg.bf16_max_x0_gain else "fp32"
+    a_t = float(D.alpha_bar(D.alphas_cumprod(D.linear_betas()), t))
+    return "bf16" if ((1 - a_t) / a_t) ** 0.5 <= cfg.bf16_max_x0_gain else "fp32"
 
 
 @dataclass
@@ -254,6 +255,7 @@ class Session:
         self.forward_edit = torch.compile(self.unet.forward_edit) if cfg.compile else self.unet.forward_edit
         self.alphas = D.alphas_cumprod(D.linear_betas()).to(self.device)
         self.pairs = [tuple(p) for p in self.res.training_steps]
+        self.precisions = {t: step_precision(cfg, t) for t, _ in self.pairs}
         self.state = {"epoch": 0, "batch": 0, "step": 0, "images": 0, "log_lines": 0, "seconds": 0.0}
 
     def run_batch(self, entries: list[dict], idx: list[int], pairs=None, eager: bool = False,
@@ -434,10 +436,9 @@ def _train_batch(session: Session, entries, idx, pending, pairs, distributed, gl
     opt.zero_grad(set_to_none=True)
     for k, (t, t_next) in enumerate(pairs):
         a_t, a_next = D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next)
-        t_vec = torch.full((len(idx),), float(t), device=device)
-        amp = autocast(device, step_precision(cfg, a_t))
+        amp = autocast(device, session.precisions.get(t) or step_precision(cfg, t))
         with amp:
-            eps, eps_edit, _, _ = forward_edit(x, t_vec, block, res.t_edit, ignore_timestep=cfg.ignore_timestep,
+            eps, eps_edit, _, _ = forward_edit(x, t, block, res.t_edit, ignore_timestep=cfg.ignore_timestep,
                                                need_eps=t_next >= 0 or need_l1_eps)
         eps_edit = eps_edit.float()
         eps = eps.float() if eps is not None else None
@@ -452,7 +453,7 @@ def _train_batch(session: Session, entries, idx, pending, pairs, distributed, gl
         if cfg.l1_weight > 0:
             if cfg.l1_reference == "chain":
                 with torch.no_grad(), amp:
-                    eps_o = unet(x_orig, t_vec).float()
+                    eps_o = unet(x_orig, t).float()
                 p_ref = D.predict_x0(x_orig, eps_o, a_t)
                 if t_next >= 0:
                     x_orig = D.ddim_step(x_orig, eps_o, a_t, a_next)[0]

@@ -184,6 +184,8 @@ class DDPMUNet(nn.Module):
         """Encoder and middle block: returns (h, skips, temb). ``t`` is per sample (or a scalar)."""
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"input is {tuple(x.shape[-2:])}, this U-Net expects {self.image_size}×{self.image_size}")
+        if isinstance(t, (int, float)):  # a fill on the device, not a host-to-device copy
+            t = torch.full((x.shape[0],), float(t), device=x.device)
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
@@ -224,26 +226,31 @@ class DDPMUNet(nn.Module):
                      need_eps: bool = True):
         """(ε, ε̃, h, Δh) from one encoder pass and up to two decoder passes.
 
-        The edit h̃ = c0·h + c1·Δh applies **per sample** where t ≥ t_edit; elsewhere ε̃ = ε (the second
+        ``t`` is a (B,) tensor of per-sample timesteps, or one Python number for the whole batch (then nothing waits
+        for the device). The edit h̃ = c0·h + c1·Δh applies **per sample** where t ≥ t_edit; elsewhere ε̃ = ε (the second
         decoder runs only on the samples that are edited). Δh = f(h, temb) is the unscaled block output
         for the whole batch, or ``None`` when no sample is edited. ``ignore_timestep`` calls the block
         with temb = None. ``need_eps=False`` skips the plain decoder and returns ε = None (the last
         training step does not use it).
         """
         h, skips, temb = self.encode(x, t)
-        t = torch.as_tensor(t, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        edit = (t >= t_edit) if delta_block is not None else torch.zeros_like(t, dtype=torch.bool)
-        n_edit = int(edit.sum())  # one host sync per call: decides which decoders run
+        batch = x.shape[0]
+        if delta_block is None:
+            n_edit = 0
+        elif isinstance(t, (int, float)):  # one timestep for the batch: decided on the host, no device sync
+            n_edit = batch if t >= t_edit else 0
+        else:
+            t = torch.as_tensor(t, device=x.device)
+            edit = (t.expand(batch) if t.dim() == 0 else t) >= t_edit
+            n_edit = int(edit.sum())  # a host sync: decides which decoders run on which samples
         if n_edit == 0 and not need_eps:
             raise ValueError("forward_edit with need_eps=False needs at least one edited sample")
-        eps = self.decode(h, skips, temb) if (need_eps or n_edit < len(t)) else None
+        eps = self.decode(h, skips, temb) if (need_eps or n_edit < batch) else None
         if n_edit == 0:
             return eps, eps, h, None
         delta_h = delta_block(h, None if ignore_timestep else temb)
         h_edit = c0 * h + c1 * delta_h
-        if n_edit == len(t):
+        if n_edit == batch:
             eps_edited = self.decode(h_edit, skips, temb)
         else:
             idx = edit.nonzero(as_tuple=True)[0]
