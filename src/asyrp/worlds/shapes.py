@@ -362,7 +362,7 @@ def _read_one(img: np.ndarray) -> dict:
     mx, my = float((alpha * xs).sum() / area_px), float((alpha * ys).sum() / area_px)
     out.update(area=area, size="small" if area < SIZE_THRESHOLD else "large")
     if not lim["min_area"] <= area <= lim["max_area"]:
-        reasons.append(f"foreground area {area:.0f} px² out of range")
+        reasons.append(f"foreground area out of range ({area:.0f} px²)")
 
     ious = {}
     for shape in SHAPES:
