@@ -358,11 +358,14 @@ def test_every_family_has_a_script_and_every_script_parses():
     for path in SHELL_FILES:
         subprocess.run(["bash", "-n", str(path)], check=True)
         text = path.read_text()
-        assert "set -euo pipefail" in text, path
+        assert path.name == "common.sh" or "set -euo pipefail" in text, path  # common.sh is sourced
         assert not re.search(r"/home/|~/|\$HOME", text), path  # no absolute home paths
+    common = (REPO / "scripts" / "common.sh").read_text()
+    assert 'config="configs/experiments/$1.yaml"' in common and "asyrp run-experiment" in common
     for family in STUDY:
         text = (REPO / "scripts" / f"{family}.sh").read_text()
-        assert f"configs/experiments/{family}.yaml" in text and "asyrp run-experiment" in text
+        assert f"configs/experiments/{family}.yaml" in text and f"\nrun_family {family}\n" in text
+        assert 'source "$(dirname "${BASH_SOURCE[0]}")/common.sh"' in text
 
 
 def test_sbatch_directives_are_valid():

@@ -56,6 +56,26 @@ def _load_entry(path: Path, expected_meta: dict) -> dict | None:
     return entry if isinstance(entry, dict) and entry.get("meta") == expected_meta else None
 
 
+def _fill_cache(folder: Path, names: list[str], metas: list[dict], compute, batch_size: int, desc: str,
+                progress: bool) -> list[dict]:
+    """Entries for ``names``: matching cache entries are reused; ``compute(indices) -> (x0, x_T, x_rec)`` produces the
+    rest batch by batch, and each new entry is written (atomically) as soon as it exists."""
+    entries: list[dict | None] = [_load_entry(folder / f"{n}.pt", m) for n, m in zip(names, metas)]
+    todo = [i for i, e in enumerate(entries) if e is None]
+    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc=desc, unit="img", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start:start + batch_size]
+        x0, x_T, x_rec = compute(idx)
+        for j, i in enumerate(idx):
+            entry = {"name": names[i], "x0": x0[j].cpu(), "x_T": x_T[j].cpu(), "x_rec": x_rec[j].cpu(),
+                     "meta": metas[i]}
+            atomic_torch_save(entry, folder / f"{names[i]}.pt")
+            entries[i] = entry
+        bar.update(len(idx))
+    bar.close()
+    return entries  # type: ignore[return-value]
+
+
 def precompute(unet, items: Sequence[dict], root: str | os.PathLike, fingerprint: str,
                settings: InversionSettings = InversionSettings(), batch_size: int = 8,
                device: str | torch.device | None = None, progress: bool = True) -> list[dict]:
@@ -68,28 +88,19 @@ def precompute(unet, items: Sequence[dict], root: str | os.PathLike, fingerprint
     if not items:
         raise ValueError("no images to invert")
     image_size = int(items[0]["image"].shape[-1])
-    folder = cache_dir(root, fingerprint, settings, image_size)
     names = [it["name"] for it in items]
     if len(set(names)) != len(names):
         raise ValueError("image names must be unique within a run (they name the cache entries and output files)")
-    metas = [_meta(it, fingerprint, settings, image_size) for it in items]
-    entries: list[dict | None] = [_load_entry(folder / f"{it['name']}.pt", m) for it, m in zip(items, metas)]
-    todo = [i for i, e in enumerate(entries) if e is None]
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="precompute", unit="img", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start:start + batch_size]
+
+    def compute(idx):
         x0 = torch.stack([items[i]["image"] for i in idx]).to(device)
         x_T = sampling.invert(unet, x0, alphas, settings.n_inv_step, settings.t_0)
-        x_rec = sampling.generate(unet, x_T, alphas, settings.n_inv_step, settings.t_0)
-        for j, i in enumerate(idx):
-            entry = {"name": items[i]["name"], "x0": x0[j].cpu(), "x_T": x_T[j].cpu(), "x_rec": x_rec[j].cpu(),
-                     "meta": metas[i]}
-            atomic_torch_save(entry, folder / f"{items[i]['name']}.pt")
-            entries[i] = entry
-        bar.update(len(idx))
-    bar.close()
-    return entries  # type: ignore[return-value]
+        return x0, x_T, sampling.generate(unet, x_T, alphas, settings.n_inv_step, settings.t_0)
+
+    return _fill_cache(cache_dir(root, fingerprint, settings, image_size), names,
+                       [_meta(it, fingerprint, settings, image_size) for it in items], compute, batch_size,
+                       "precompute", progress)
 
 
 def sampled_items(n: int, seed: int, image_size: int, channels: int = 3, start: int = 0) -> list[dict]:
@@ -104,30 +115,20 @@ def precompute_sampled(unet, n: int, seed: int, root: str | os.PathLike, fingerp
                        device: str | torch.device | None = None, progress: bool = True) -> list[dict]:
     """Entries for n images sampled from the backbone (x_T fixed by (seed, index); x0 = x_rec = DDIM(x_T))."""
     device = default_device(device)
-    size, channels = unet.image_size, unet.config["in_channels"]
-    descs = sampled_items(n, seed, size, channels, start)
-    folder = cache_dir(root, fingerprint, settings, size)
-    metas = [{"version": CACHE_VERSION, "backbone_sha256": fingerprint, "n_inv_step": settings.n_inv_step,
-              "t_0": settings.t_0, "image_size": size, "name": d["name"], "source": d["source"],
-              "source_sha256": d["sha256"]} for d in descs]
-    entries = [_load_entry(folder / f"{d['name']}.pt", m) for d, m in zip(descs, metas)]
-    todo = [i for i, e in enumerate(entries) if e is None]
+    size = unet.image_size
+    descs = sampled_items(n, seed, size, unet.config["in_channels"], start)
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)
-    bar = tqdm(total=n, initial=n - len(todo), desc="sample", unit="img", disable=not progress)
-    for s in range(0, len(todo), batch_size):
-        idx = todo[s:s + batch_size]
+
+    def compute(idx):
         x_T = torch.stack([torch.randn(descs[i]["noise_shape"],
                                        generator=torch.Generator().manual_seed(seed * 1_000_003 + descs[i]["index"]))
                            for i in idx]).to(device)
         x0 = sampling.sample(unet, x_T, alphas, settings.n_inv_step, settings.t_0)
-        for j, i in enumerate(idx):
-            entry = {"name": descs[i]["name"], "x0": x0[j].cpu(), "x_T": x_T[j].cpu(), "x_rec": x0[j].cpu(),
-                     "meta": metas[i]}
-            atomic_torch_save(entry, folder / f"{descs[i]['name']}.pt")
-            entries[i] = entry
-        bar.update(len(idx))
-    bar.close()
-    return entries  # type: ignore[return-value]
+        return x0, x_T, x0
+
+    return _fill_cache(cache_dir(root, fingerprint, settings, size), [d["name"] for d in descs],
+                       [_meta({"name": d["name"], "source": d["source"], "sha256": d["sha256"]}, fingerprint,
+                              settings, size) for d in descs], compute, batch_size, "sample", progress)
 
 
 def load_entries(backbone, data: str, n: int, root: str | os.PathLike | None = None, split: str | None = None,
