@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ class ShapeSpec:
     def attributes(self) -> dict[str, str]:
         return {k: getattr(self, k) for k in ATTRIBUTES}
 
-    def replace(self, **changes) -> "ShapeSpec":
+    def replace(self, **changes) -> ShapeSpec:
         return dataclasses.replace(self, **changes)
 
 
@@ -455,8 +456,8 @@ def load_tiny_ddpm(device: str | torch.device = "cpu"):
 
 def clip_from_checkpoint(obj: Mapping[str, Any], device: str | torch.device = "cpu"):
     """(OpenClipEncoder, image_size) from a saved shapes-world CLIP dict."""
-    from asyrp.worlds.train_clip import build_clip, load_clip_state, make_tokenizer
     from asyrp.clip_loss import OpenClipEncoder
+    from asyrp.worlds.train_clip import build_clip, load_clip_state, make_tokenizer
     cfg = obj["config"]
     model = build_clip(cfg)
     load_clip_state(model, obj)

@@ -1,0 +1,338 @@
+"""``asyrp train-backbone``: train the tiny DDPM of the shapes world on the CPU.
+
+Standard DDPM ε-prediction: x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε with t uniform in [0, 999] (linear β, T = 1000, the schedule
+of :mod:`asyrp.diffusion`), loss ‖ε_θ(x_t, t) − ε‖², AdamW with warm-up and cosine decay, an EMA of the weights.
+Every batch is rendered fresh from a seed that depends only on (run seed, step), and the noise / timesteps come from a
+generator seeded the same way, so a resumed run continues exactly where the checkpoint left it.
+
+Outputs in ``--out``:
+
+    checkpoint.pt          full training state (model, EMA, optimiser, step), written atomically every --ckpt-every
+    ddpm_train_log.jsonl   one line per --log-every steps: step, loss (mean since the last line), lr, seconds
+    ddpm.pt                the EMA weights (fp16 unless --fp32) + config: the file the package ships
+    samples.png            64 samples, 40-step DDIM from fixed noise (seed 0), with the shipped weights
+    eval.json              reader on --eval-samples generated images; inversion → regeneration of real images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from asyrp import diffusion
+from asyrp.io import (
+    append_jsonl,
+    atomic_json,
+    atomic_path,
+    atomic_torch_save,
+    read_jsonl,
+)
+from asyrp.worlds import shapes
+
+FORMAT = "asyrp-shapes-ddpm-v1"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling helpers (also used by the tests and the model card)
+# --------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ddim_sample(model, x_T: torch.Tensor, n_steps: int = 40, batch_size: int = 250) -> torch.Tensor:
+    """Deterministic DDIM (η = 0) from x_T at t = 999 down to the predicted x0, on the ``n_steps`` grid."""
+    alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(x_T.device)
+    outs = []
+    for x in x_T.split(batch_size):
+        for t, t_next in diffusion.generative_pairs(n_steps):
+            eps = model(x, torch.full((x.shape[0],), t, device=x.device))
+            x, _ = diffusion.ddim_step(x, eps, diffusion.alpha_bar(alphas, t), diffusion.alpha_bar(alphas, t_next))
+        outs.append(x)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def ddim_invert(model, x0: torch.Tensor, n_steps: int = 40, batch_size: int = 250) -> torch.Tensor:
+    """Deterministic DDIM inversion x0 → x_999 on the ``n_steps`` grid (the reference's 0 → 25 → … → 999)."""
+    alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(x0.device)
+    outs = []
+    for x in x0.split(batch_size):
+        for t, t_next in diffusion.inversion_pairs(n_steps):
+            eps = model(x, torch.full((x.shape[0],), t, device=x.device))
+            x, _ = diffusion.ddim_step(x, eps, diffusion.alpha_bar(alphas, t), diffusion.alpha_bar(alphas, t_next))
+        outs.append(x)
+    return torch.cat(outs)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 2, pad: int = 2) -> None:
+    """[−1, 1] images → one PNG grid (nearest-neighbour upscaled ×``scale``), written atomically."""
+    from PIL import Image
+    arr = shapes.to_uint8(images)
+    n, s = arr.shape[0], arr.shape[1]
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (s + pad) + pad, nrow * (s + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[pad + r * (s + pad): pad + r * (s + pad) + s, pad + c * (s + pad): pad + c * (s + pad) + s] = arr[i]
+    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def fixed_noise(n: int, seed: int = 0, image_size: int = 32) -> torch.Tensor:
+    return torch.randn(n, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+def evaluate(model, n_samples: int = 1000, n_invert: int = 200, n_steps: int = 40, noise_seed: int = 1,
+             data_seed: int = 987_654, log=print) -> dict:
+    """Reader validity / attribute distribution of ``n_samples`` DDIM samples, and the reader's accuracy on
+    ``n_invert`` real images after DDIM inversion + regeneration (both with ``n_steps`` steps)."""
+    size = model.image_size
+    t0 = time.time()
+    result: dict = {"n_steps": n_steps}
+    if n_samples:
+        x = ddim_sample(model, fixed_noise(n_samples, noise_seed, size), n_steps)
+        reads = shapes.read_attributes(x)
+        result["samples"] = dict(shapes.summarize_reads(reads), noise_seed=noise_seed,
+                                 seconds=round(time.time() - t0, 1))
+        log(f"reader on {n_samples} samples: valid {result['samples']['valid']:.3f} "
+            f"({result['samples']['invalid_reasons']})")
+    if n_invert:
+        t1 = time.time()
+        ds = shapes.ShapesDataset(n_invert, data_seed, size)
+        x0 = ds.batch()
+        xr = ddim_sample(model, ddim_invert(model, x0, n_steps), n_steps)
+        reads = shapes.read_attributes(xr)
+        acc = shapes.attribute_accuracy(reads, [s.attributes for s in ds.specs])
+        result["inversion"] = {"n": n_invert, "data_seed": data_seed, "valid": sum(r["valid"] for r in reads) / n_invert,
+                               "accuracy": acc, "mse": float(F.mse_loss(xr, x0)),
+                               "seconds": round(time.time() - t1, 1)}
+        log(f"inversion → regeneration of {n_invert} real images: valid {result['inversion']['valid']:.3f}, "
+            f"all attributes kept {acc['all']:.3f}, mse {result['inversion']['mse']:.4f}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in str(text).replace(" ", "").split(",") if v]
+
+
+def model_config(args) -> dict:
+    return dict(ch=args.ch, out_ch=3, ch_mult=_ints(args.ch_mult), num_res_blocks=args.num_res_blocks,
+                attn_resolutions=_ints(args.attn), dropout=args.dropout, resamp_with_conv=True, in_channels=3,
+                image_size=args.image_size)
+
+
+def stream_seed(seed: int, step: int) -> int:
+    """The data / noise seed of one training step (independent of how the run was interrupted)."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def lr_at(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def export(ema_state: dict, config: dict, meta: dict, path: Path, fp16: bool = True) -> dict:
+    """Write the shipped file: {"format", "config", "state_dict" (fp16 unless told), "meta"}."""
+    sd = {k: (v.half() if fp16 and v.is_floating_point() else v.clone()) for k, v in ema_state.items()}
+    obj = {"format": FORMAT, "config": config, "state_dict": sd, "meta": meta}
+    atomic_torch_save(obj, path)
+    return obj
+
+
+def init_antisymmetric_output(model) -> None:
+    """Make the output head pass the per-image mean (DC) of its features at initialisation.
+
+    ``norm_out`` is GroupNorm(32) over ``ch × ch_mult[0]`` channels; with 64 channels every group is a pair, and a
+    pair's common mean is removed per image. At high t the target ε ≈ x_t carries a per-channel DC of std 1/32 at
+    32×32 while √ᾱ_999 = 0.0064, so a head that cannot reproduce that DC turns it into a flat colour shift of ±4.7 in
+    the predicted x0 (DDIM from pure noise then ends in saturated flat colours), and Δh at the bottleneck cannot move
+    the image's mean colour at all. Here the odd channel of every pair is initialised as the negative of the even one
+    (rows of the last up-block's 1×1 shortcut and conv2), and conv_out reads each pair antisymmetrically: a pair
+    (f, −f) has zero group mean, so norm gives (f, −f)/rms(f), and silu(z) − silu(−z) = z makes the head a linear,
+    DC-preserving readout of f/rms(f). Only initial values change; training is unconstrained.
+    """
+    groups, channels = model.norm_out.num_groups, model.norm_out.num_channels
+    if channels != 2 * groups:
+        raise ValueError(f"--antisym-init needs exactly 2 channels per output GroupNorm group (ch × ch_mult[0] = 64), "
+                         f"got {channels} channels in {groups} groups")
+    block = model.up[0].block[-1]
+    with torch.no_grad():
+        for conv in (block.nin_shortcut, block.conv2):
+            conv.weight[1::2] = -conv.weight[0::2]
+            conv.bias[1::2] = -conv.bias[0::2]
+        model.conv_out.weight[:, 1::2] = -model.conv_out.weight[:, 0::2]
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/shapes_ddpm", help="output folder (checkpoint, log, ddpm.pt, samples)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor, as a share of --lr")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--ch", type=int, default=32)
+    p.add_argument("--ch-mult", default="1,2,3,4")
+    p.add_argument("--num-res-blocks", type=int, default=1)
+    p.add_argument("--attn", default="8", help="attention resolutions, comma separated")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--offset-noise", type=float, default=0.0,
+                   help="add a per-image, per-channel constant N(0, s²) to ε during training (\"offset noise\"), so "
+                        "the network learns the per-channel mean (DC) of the noise; 0: the plain ε ~ N(0, I)")
+    p.add_argument("--antisym-init", action="store_true",
+                   help="initialise the output head antisymmetrically so it passes the per-image channel means (see "
+                        "init_antisymmetric_output); needs ch × ch_mult[0] = 64")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="checkpoint and exit at this step without exporting, as if interrupted (resume later)")
+    p.add_argument("--fp32", action="store_true", help="ship fp32 weights instead of fp16")
+    p.add_argument("--sample-steps", type=int, default=40)
+    p.add_argument("--eval-samples", type=int, default=1000, help="generated samples scored by the reader (0: skip)")
+    p.add_argument("--eval-invert", type=int, default=200, help="real images inverted and regenerated (0: skip)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from asyrp.worlds.shapes import ddpm_from_checkpoint
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "checkpoint.pt", out / "ddpm_train_log.jsonl"
+
+    from asyrp.models.unet import DDPMUNet
+    config = model_config(args)
+    torch.manual_seed(args.seed)
+    model = DDPMUNet(config).to(device)
+    if args.antisym_init:
+        init_antisymmetric_output(model)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    step, elapsed = 0, 0.0
+    if args.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if ck["config"] != config:
+            raise ValueError(f"{ckpt_path} was trained with {ck['config']}, not {config}; use the same options")
+        model.load_state_dict(ck["model"])
+        ema = ck["ema"]
+        opt.load_state_dict(ck["optimizer"])
+        step, elapsed = ck["step"], ck["seconds"]
+        print(f"resumed from {ckpt_path} at step {step}")
+        if log_path.exists():  # drop lines written after the checkpoint
+            keep = [r for r in read_jsonl(log_path) if r["step"] <= step]
+            with atomic_path(log_path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    elif log_path.exists():
+        log_path.unlink()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"DDPMUNet {config}: {n_params:,} parameters, h = ({model.h_channels}, {model.h_size}, {model.h_size})")
+
+    alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(device)
+
+    def save_checkpoint():
+        atomic_torch_save({"config": config, "model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
+                           "step": step, "seconds": elapsed, "args": vars(args)}, ckpt_path)
+
+    model.train()
+    losses: list[float] = []
+    t_last = time.time()
+    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="train-backbone", dynamic_ncols=True)
+    while step < args.steps:
+        s_seed = stream_seed(args.seed, step)
+        x0, _ = shapes.random_batch(args.batch_size, s_seed, args.image_size)
+        g = torch.Generator().manual_seed(s_seed)
+        t = torch.randint(0, diffusion.NUM_TIMESTEPS, (args.batch_size,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        if args.offset_noise:
+            eps = eps + args.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
+        x0, t, eps = x0.to(device), t.to(device), eps.to(device)
+        a = diffusion.alpha_bar(alphas, t)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        lr = lr_at(step, args)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = F.mse_loss(model(x_t, t), eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        step += 1
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():
+                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                else:
+                    ema[k].copy_(v)
+        losses.append(float(loss.detach()))
+        now = time.time()
+        elapsed += now - t_last
+        t_last = now
+        bar.update(1)
+        if step % args.log_every == 0 or step == args.steps:
+            append_jsonl(log_path, {"step": step, "loss": round(sum(losses) / len(losses), 6), "lr": lr,
+                                    "seconds": round(elapsed, 1)})
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
+            losses = []
+        if step % args.ckpt_every == 0 or step == args.steps or step == args.stop_at:
+            save_checkpoint()
+        if step == args.stop_at:
+            bar.close()
+            print(f"stopped at step {step} (--stop-at); continue with --resume")
+            return 0
+    bar.close()
+
+    records = read_jsonl(log_path) if log_path.exists() else []
+    final_loss = float(np.mean([r["loss"] for r in records[-10:]])) if records else float("nan")
+    meta = {"steps": step, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
+            "seed": args.seed, "train_seconds": round(elapsed, 1), "final_loss_last10_logs": round(final_loss, 6),
+            "parameters": n_params, "h_shape": [model.h_channels, model.h_size, model.h_size],
+            "weights": "fp32" if args.fp32 else "fp16", "schedule": "linear 1e-4..0.02, T=1000, eps-prediction",
+            "offset_noise": args.offset_noise, "antisym_init": args.antisym_init, "threads": args.threads,
+            "data": "asyrp.worlds.shapes.random_batch(batch, stream_seed(seed, step)), 32x32"}
+    obj = export(ema, config, meta, out / "ddpm.pt", fp16=not args.fp32)
+    shipped = ddpm_from_checkpoint(obj, device)
+    print(f"trained {step} steps in {elapsed / 60:.1f} min; final loss {final_loss:.4f}; wrote {out / 'ddpm.pt'}")
+
+    noise = fixed_noise(64, 0, args.image_size).to(device)
+    grid = ddim_sample(shipped, noise, args.sample_steps)
+    save_grid(grid, out / "samples.png")
+    ref = DDPMUNet(config).to(device).eval()
+    ref.load_state_dict(ema)
+    fp_diff = float((ddim_sample(ref, noise, args.sample_steps) - grid).abs().max())
+    print(f"wrote {out / 'samples.png'}; max |Δ| of those samples, fp32 EMA vs shipped weights: {fp_diff:.2e}")
+
+    report = {"config": config, "meta": meta, "grid_max_abs_diff_fp32_vs_shipped": fp_diff}
+    if args.eval_samples or args.eval_invert:
+        report.update(evaluate(shipped, args.eval_samples, args.eval_invert, args.sample_steps))
+    atomic_json(out / "eval.json", report)
+    print(f"wrote {out / 'eval.json'}")
+    return 0
