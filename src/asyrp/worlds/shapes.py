@@ -432,7 +432,14 @@ def resource_path(name: str):
     return resources.files(RESOURCE_PACKAGE).joinpath(RESOURCE_DIR).joinpath(name)
 
 
-def _load_resource(name: str, command: str) -> dict:
+def _load_resource(name: str, command: str, world_dir=None) -> dict:
+    """The shipped file ``name``, or ``world_dir/name`` when a folder of retrained models is given."""
+    if world_dir is not None:
+        from pathlib import Path
+        path = Path(world_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; `asyrp {command}` writes {name} into its --out folder")
+        return torch.load(path, map_location="cpu", weights_only=True)
     ref = resource_path(name)
     if not ref.is_file():
         raise FileNotFoundError(f"the shapes world's {name} is not in the package (asyrp/resources/{RESOURCE_DIR}); "
@@ -449,9 +456,10 @@ def ddpm_from_checkpoint(obj: Mapping[str, Any], device: str | torch.device = "c
     return model.eval().requires_grad_(False).to(device)
 
 
-def load_tiny_ddpm(device: str | torch.device = "cpu"):
-    """The shipped tiny DDPM of the shapes world (32×32, linear β schedule, T = 1000, ε-prediction)."""
-    return ddpm_from_checkpoint(_load_resource(DDPM_FILE, "train-backbone"), device)
+def load_tiny_ddpm(device: str | torch.device = "cpu", world_dir=None):
+    """The shipped tiny DDPM of the shapes world (32×32, linear β schedule, T = 1000, ε-prediction); ``world_dir``:
+    a folder holding a retrained ``ddpm.pt`` instead."""
+    return ddpm_from_checkpoint(_load_resource(DDPM_FILE, "train-backbone", world_dir), device)
 
 
 def clip_from_checkpoint(obj: Mapping[str, Any], device: str | torch.device = "cpu"):
@@ -465,6 +473,7 @@ def clip_from_checkpoint(obj: Mapping[str, Any], device: str | torch.device = "c
     return encoder.to(device), int(cfg["image_size"])
 
 
-def load_tiny_clip(device: str | torch.device = "cpu"):
-    """(encoder, image_size) of the shipped tiny CLIP; use ``CLIPDirection(encoder, ..., image_size=image_size)``."""
-    return clip_from_checkpoint(_load_resource(CLIP_FILE, "train-clip"), device)
+def load_tiny_clip(device: str | torch.device = "cpu", world_dir=None):
+    """(encoder, image_size) of the shipped tiny CLIP; use ``CLIPDirection(encoder, ..., image_size=image_size)``.
+    ``world_dir``: a folder holding a retrained ``clip.pt`` instead."""
+    return clip_from_checkpoint(_load_resource(CLIP_FILE, "train-clip", world_dir), device)
