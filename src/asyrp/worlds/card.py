@@ -29,7 +29,7 @@ def _loss_table(records: list[dict], keys: tuple[str, ...], every: int) -> str:
 
 
 def render_card(ddpm_eval: dict, clip_eval: dict, ddpm_log: list[dict], clip_log: list[dict],
-                command_ddpm: str, command_clip: str, machine: str) -> str:
+                command_ddpm: str, command_clip: str, machine: str, notes: list[str] = ()) -> str:
     dm, cm = ddpm_eval["meta"], clip_eval["meta"]
     samples, inv = ddpm_eval.get("samples", {}), ddpm_eval.get("inversion", {})
     zs, zn = clip_eval["zero_shot"], clip_eval["zero_shot_noisy"]
@@ -45,6 +45,7 @@ def render_card(ddpm_eval: dict, clip_eval: dict, ddpm_log: list[dict], clip_log
         "",
         f"Trained on: {machine}.",
         "",
+        *[f"Note: {n}\n" for n in notes],
         "## Tiny DDPM (`ddpm.pt`)",
         "",
         f"- Network: `asyrp.models.unet.DDPMUNet` with `{json.dumps(ddpm_eval['config'])}`; "
@@ -107,7 +108,8 @@ def render_card(ddpm_eval: dict, clip_eval: dict, ddpm_log: list[dict], clip_log
     return "\n".join(lines)
 
 
-def ship(ddpm_dir: Path, clip_dir: Path, dest: Path, command_ddpm: str, command_clip: str, machine: str) -> Path:
+def ship(ddpm_dir: Path, clip_dir: Path, dest: Path, command_ddpm: str, command_clip: str, machine: str,
+         notes: list[str] = ()) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for src_dir, names in ((ddpm_dir, SHIPPED["ddpm"]), (clip_dir, SHIPPED["clip"])):
         for name in names:
@@ -119,7 +121,7 @@ def ship(ddpm_dir: Path, clip_dir: Path, dest: Path, command_ddpm: str, command_
     shutil.copyfile(ddpm_dir / "eval.json", dest / "ddpm_eval.json")
     shutil.copyfile(clip_dir / "eval.json", dest / "clip_eval.json")
     text = render_card(ddpm_eval, clip_eval, read_jsonl(ddpm_dir / "ddpm_train_log.jsonl"),
-                       read_jsonl(clip_dir / "clip_train_log.jsonl"), command_ddpm, command_clip, machine)
+                       read_jsonl(clip_dir / "clip_train_log.jsonl"), command_ddpm, command_clip, machine, notes)
     with atomic_path(dest / "MODEL_CARD.md") as tmp:
         tmp.write_text(text)
     return dest / "MODEL_CARD.md"
@@ -133,8 +135,9 @@ def main(argv=None) -> int:
     p.add_argument("--command-ddpm", required=True, help="the command that trained the DDPM (quoted in the card)")
     p.add_argument("--command-clip", required=True, help="the command that trained the CLIP (quoted in the card)")
     p.add_argument("--machine", default="2 CPU cores, no GPU", help="where the two trainings ran")
+    p.add_argument("--note", action="append", default=[], help="a remark for the card (repeatable)")
     a = p.parse_args(argv)
-    print(f"wrote {ship(a.ddpm, a.clip, a.dest, a.command_ddpm, a.command_clip, a.machine)}")
+    print(f"wrote {ship(a.ddpm, a.clip, a.dest, a.command_ddpm, a.command_clip, a.machine, a.note)}")
     return 0
 
 

@@ -1,0 +1,243 @@
+"""The offline shapes world: dataset, exact attribute reader, shipped tiny DDPM / CLIP, and the two training commands."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asyrp.cli import main as cli_main
+from asyrp.io import read_jsonl
+from asyrp.worlds import shapes
+from asyrp.worlds.shapes import ShapeSpec, ShapesDataset, caption, read_attributes, render, sample_specs
+
+# Thresholds measured on the shipped models (see MODEL_CARD.md), with a margin.
+DDPM_VALID_MIN = 0.35         # reader validity of 32 fixed-noise samples, 40-step DDIM: measured 0.50 (16 / 32);
+                              # 56.9 % on 1000 samples in MODEL_CARD.md
+CLIP_COLOR_ACC_MIN = 0.9      # zero-shot colour accuracy on 64 rendered images: measured 1.0 on 1000 (MODEL_CARD.md)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------------
+
+def test_dataset_is_deterministic():
+    a, b, c = ShapesDataset(24, seed=3), ShapesDataset(24, seed=3), ShapesDataset(24, seed=4)
+    assert torch.equal(a.batch(), b.batch())
+    assert [a[i]["name"] for i in range(24)] == [b[i]["name"] for i in range(24)]
+    assert a.specs == b.specs and a.specs != c.specs
+    item = a[5]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
+    assert set(item["attributes"]) == {"shape", "color", "size", "background"}
+    assert item["caption"] == caption(a.specs[5])
+
+
+def test_render_bytes_are_pinned():
+    """The renderer is plain float64 numpy: these bytes must never change (the shipped models were trained on it)."""
+    imgs = np.stack([render(s) for s in sample_specs(16, seed=0)])
+    assert imgs.dtype == np.uint8 and imgs.shape == (16, 32, 32, 3)
+    assert hashlib.sha256(imgs.tobytes()).hexdigest() == RENDER_SHA256
+
+
+RENDER_SHA256 = "cbb0046dafcc97ffbbe11d9c9921f8fca4fdf5ee6d1e377816c3376347529866"
+
+
+def test_sample_specs_constraints_and_ranges():
+    specs = sample_specs(200, seed=1, constraints={"color": "red", "shape": ["circle", "square"]})
+    assert {s.color for s in specs} == {"red"} and {s.shape for s in specs} == {"circle", "square"}
+    for s in sample_specs(300, seed=2):
+        (x0, x1), (y0, y1) = shapes.position_range(s.shape, s.size)
+        assert x0 <= s.cx <= x1 and y0 <= s.cy <= y1
+    with pytest.raises(ValueError):
+        sample_specs(2, 0, {"color": "pink"})
+    with pytest.raises(ValueError):
+        ShapeSpec("hexagon", "red", "small", "white")
+
+
+def test_captions():
+    spec = ShapeSpec("circle", "red", "small", "white")
+    assert caption(spec) == "a small red circle on a white background"
+    assert caption(spec, {"color"}) == "a red shape"
+    assert caption(spec, {"shape"}) == "a circle"
+    assert caption(spec, {"size"}) == "a small shape"
+    assert caption(spec, {"background"}) == "a shape on a white background"
+    assert caption(spec.replace(color="blue", shape="triangle"), {"color", "shape"}, article=False) == "blue triangle"
+
+
+def test_palettes_are_distinct():
+    pal = np.array(list(shapes.COLORS.values()), float)
+    bg = np.array(list(shapes.BACKGROUNDS.values()), float)
+    d = np.linalg.norm(pal[:, None] - pal[None], axis=-1) + np.eye(len(pal)) * 1e3
+    assert d.min() > 80
+    assert np.linalg.norm(pal[:, None] - bg[None], axis=-1).min() > 110
+
+
+# --------------------------------------------------------------------------------------------------
+# Reader
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rendered():
+    specs = sample_specs(400, seed=11)
+    return np.stack([render(s) for s in specs]), [s.attributes for s in specs]
+
+
+def test_reader_is_exact_on_rendered_images(rendered):
+    imgs, truth = rendered
+    reads = read_attributes(imgs)
+    assert all(r["valid"] for r in reads)
+    assert shapes.attribute_accuracy(reads, truth) == {k: 1.0 for k in (*shapes.ATTRIBUTES, "all")}
+    # tensors in [-1, 1] read the same as uint8 arrays; hard-edged renders too
+    assert [r["shape"] for r in read_attributes(shapes.to_tensor(imgs[:20]))] == [t["shape"] for t in truth[:20]]
+    hard = np.stack([render(s, supersample=1) for s in sample_specs(100, seed=12)])
+    assert shapes.attribute_accuracy(read_attributes(hard), [s.attributes for s in sample_specs(100, seed=12)])["all"] == 1
+
+
+def test_reader_is_robust_to_noise_and_blur(rendered):
+    imgs, truth = rendered
+    x = shapes.to_tensor(imgs)
+    noisy = x + 0.08 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))  # σ = 10/255 per channel
+    assert shapes.attribute_accuracy(read_attributes(noisy), truth)["all"] >= 0.99
+    k = torch.tensor([0.25, 0.5, 0.25])
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None]).expand(3, 1, 3, 3), groups=3)
+    assert shapes.attribute_accuracy(read_attributes(blurred), truth)["all"] >= 0.98
+
+
+def test_reader_flags_unclean_images():
+    blank = np.full((32, 32, 3), 255, np.uint8)
+    two_colours = render(ShapeSpec("square", "red", "large", "white"))
+    two_colours[:, 16:] = render(ShapeSpec("square", "blue", "large", "white"))[:, 16:]
+    two_shapes = np.minimum(render(ShapeSpec("circle", "red", "small", "white", cx=12, cy=12)),
+                            render(ShapeSpec("circle", "red", "small", "white", cx=20, cy=20)))
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    reads = read_attributes(np.stack([blank, two_colours, two_shapes, noise]))
+    assert [r["valid"] for r in reads] == [False] * 4
+    assert "no foreground" in reads[0]["reasons"]
+    assert any("colour" in why for why in reads[1]["reasons"])
+    assert any("clean shape" in why for why in reads[2]["reasons"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Shipped models
+# --------------------------------------------------------------------------------------------------
+
+def test_shipped_files_are_small():
+    from importlib import resources
+    names = ("ddpm.pt", "clip.pt", "ddpm_train_log.jsonl", "clip_train_log.jsonl", "samples.png", "MODEL_CARD.md")
+    sizes = {}
+    for name in names:
+        with resources.as_file(shapes.resource_path(name)) as path:
+            sizes[name] = path.stat().st_size
+    assert sizes["ddpm.pt"] + sizes["clip.pt"] <= 25 * 2 ** 20, sizes
+
+
+@pytest.fixture(scope="module")
+def ddpm():
+    return shapes.load_tiny_ddpm()
+
+
+def test_tiny_ddpm_loads_and_samples_clean_shapes(ddpm):
+    from asyrp.worlds.train_backbone import ddim_sample, fixed_noise
+    x = fixed_noise(32, seed=123)
+    eps = ddpm(x[:4], torch.tensor([999, 500, 10, 0]))
+    assert eps.shape == (4, 3, 32, 32) and torch.isfinite(eps).all()
+    h, _, _ = ddpm.encode(x[:2], 500)
+    assert h.shape == (2, 128, 4, 4)
+    samples = ddim_sample(ddpm, x, n_steps=40)
+    assert samples.shape == (32, 3, 32, 32)
+    valid = np.mean([r["valid"] for r in read_attributes(samples)])
+    assert valid >= DDPM_VALID_MIN, valid
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return shapes.load_tiny_clip()
+
+
+def test_tiny_clip_zero_shot_colour(clip):
+    from asyrp.worlds.train_clip import zero_shot
+    encoder, image_size = clip
+    assert image_size == 32
+    ds = ShapesDataset(64, seed=2024)
+    acc = zero_shot(encoder, ds.batch(), [s.attributes for s in ds.specs], image_size)
+    assert acc["color"] >= CLIP_COLOR_ACC_MIN, acc
+    emb = encoder.encode_text(["a red shape", "a blue shape"])
+    assert emb.shape[0] == 2 and torch.isfinite(emb).all()
+
+
+def test_tiny_clip_works_with_clip_direction(clip):
+    from asyrp.clip_loss import CLIPDirection
+    encoder, image_size = clip
+    direction = CLIPDirection(encoder, "red shape", "blue shape", templates=None, image_size=image_size)
+    specs = sample_specs(16, seed=5, constraints={"color": "red"})
+    src = shapes.make_batch(specs)
+    good = shapes.make_batch([s.replace(color="blue") for s in specs])
+    bad = shapes.make_batch([s.replace(color="green") for s in specs])
+    assert direction.similarity(src, good).mean() > direction.similarity(src, bad).mean()
+
+
+def test_missing_resource_error_is_clear(monkeypatch):
+    monkeypatch.setattr(shapes, "DDPM_FILE", "does-not-exist.pt")
+    with pytest.raises(FileNotFoundError, match="asyrp train-backbone"):
+        shapes.load_tiny_ddpm()
+
+
+# --------------------------------------------------------------------------------------------------
+# Training commands (tiny settings)
+# --------------------------------------------------------------------------------------------------
+
+DDPM_TINY = ["--image-size", "16", "--ch", "32", "--ch-mult", "1,2", "--attn", "8", "--batch-size", "4",
+             "--warmup", "2", "--log-every", "1", "--ckpt-every", "100", "--sample-steps", "2",
+             "--eval-samples", "4", "--eval-invert", "2", "--no-progress", "--threads", "1"]
+
+
+def test_train_backbone_end_to_end_and_resume(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli_main(["train-backbone", "--out", str(straight), "--steps", "4", *DDPM_TINY]) == 0
+    for name in ("ddpm.pt", "checkpoint.pt", "ddpm_train_log.jsonl", "samples.png", "eval.json"):
+        assert (straight / name).is_file(), name
+    assert [r["step"] for r in read_jsonl(straight / "ddpm_train_log.jsonl")] == [1, 2, 3, 4]
+    shipped = torch.load(straight / "ddpm.pt", weights_only=True)
+    assert shipped["config"]["image_size"] == 16
+    assert all(v.dtype == torch.float16 for v in shipped["state_dict"].values() if v.is_floating_point())
+    shapes.ddpm_from_checkpoint(shipped)
+
+    assert cli_main(["train-backbone", "--out", str(resumed), "--steps", "4", "--stop-at", "2", *DDPM_TINY]) == 0
+    assert torch.load(resumed / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert not (resumed / "ddpm.pt").exists()
+    assert cli_main(["train-backbone", "--out", str(resumed), "--steps", "4", "--resume", *DDPM_TINY]) == 0
+    assert [r["step"] for r in read_jsonl(resumed / "ddpm_train_log.jsonl")] == [1, 2, 3, 4]
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    assert b["step"] == 4
+    for k in a["model"]:  # the resumed run continues exactly
+        assert torch.equal(a["model"][k], b["model"][k]), k
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+
+
+CLIP_TINY = ["--width", "32", "--embed-dim", "32", "--vision-layers", "1", "--text-layers", "1", "--batch-size", "8",
+             "--warmup", "2", "--log-every", "1", "--ckpt-every", "100", "--eval-images", "0", "--no-progress",
+             "--threads", "1"]
+
+
+def test_train_clip_end_to_end_and_resume(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli_main(["train-clip", "--out", str(straight), "--steps", "4", *CLIP_TINY]) == 0
+    for name in ("clip.pt", "checkpoint.pt", "clip_train_log.jsonl", "eval.json"):
+        assert (straight / name).is_file(), name
+    assert [r["step"] for r in read_jsonl(straight / "clip_train_log.jsonl")] == [1, 2, 3, 4]
+    encoder, size = shapes.clip_from_checkpoint(torch.load(straight / "clip.pt", weights_only=True))
+    assert size == 32 and encoder.encode_text(["a red shape"]).shape == (1, 32)
+
+    assert cli_main(["train-clip", "--out", str(resumed), "--steps", "4", "--stop-at", "2", *CLIP_TINY]) == 0
+    assert torch.load(resumed / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert cli_main(["train-clip", "--out", str(resumed), "--steps", "4", "--resume", *CLIP_TINY]) == 0
+    assert [r["step"] for r in read_jsonl(resumed / "clip_train_log.jsonl")] == [1, 2, 3, 4]
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
