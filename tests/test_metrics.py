@@ -365,3 +365,20 @@ def test_default_eval_path_and_run_record(tmp_path):
     (run / "edit.json").write_text(json.dumps({"config": {"strengths": [0.5, 1.0]}, "settings": settings}))
     record = metrics._run_config(run, run / "edited_s+1.00")
     assert record["config_file"] == "edit.json" and record["setting"] == settings[1]
+
+
+def test_eval_benchmark_runs(tmp_path, capsys):
+    """benchmarks/bench_eval.py (the 1000-pair timing on a GPU) runs end to end on a few pairs on the CPU."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_eval.py"
+    spec = importlib.util.spec_from_file_location("bench_eval", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "eval.jsonl"
+    assert bench.main(["--n", "6", "--size", "64", "--clip-model", "tiny", "--batch-size", "3", "--device", "cpu",
+                       "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["pairs"] == 6 and record["seconds_evaluate"] > 0
+    assert {"s_dir", "fid", "kid"} <= set(record["metrics_computed"])
