@@ -44,29 +44,27 @@ FORMAT = "asyrp-shapes-ddpm-v1"
 # --------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
+def _ddim_walk(model, x: torch.Tensor, pairs, batch_size: int) -> torch.Tensor:
+    """Deterministic DDIM (η = 0) along the (t, t_next) ``pairs``, in chunks of ``batch_size`` images."""
+    alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(x.device)
+    outs = []
+    for chunk in x.split(batch_size):
+        for t, t_next in pairs:
+            eps = model(chunk, torch.full((chunk.shape[0],), t, device=chunk.device))
+            chunk, _ = diffusion.ddim_step(chunk, eps, diffusion.alpha_bar(alphas, t),
+                                           diffusion.alpha_bar(alphas, t_next))
+        outs.append(chunk)
+    return torch.cat(outs)
+
+
 def ddim_sample(model, x_T: torch.Tensor, n_steps: int = 40, batch_size: int = 250) -> torch.Tensor:
     """Deterministic DDIM (η = 0) from x_T at t = 999 down to the predicted x0, on the ``n_steps`` grid."""
-    alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(x_T.device)
-    outs = []
-    for x in x_T.split(batch_size):
-        for t, t_next in diffusion.generative_pairs(n_steps):
-            eps = model(x, torch.full((x.shape[0],), t, device=x.device))
-            x, _ = diffusion.ddim_step(x, eps, diffusion.alpha_bar(alphas, t), diffusion.alpha_bar(alphas, t_next))
-        outs.append(x)
-    return torch.cat(outs)
+    return _ddim_walk(model, x_T, diffusion.generative_pairs(n_steps), batch_size)
 
 
-@torch.no_grad()
 def ddim_invert(model, x0: torch.Tensor, n_steps: int = 40, batch_size: int = 250) -> torch.Tensor:
     """Deterministic DDIM inversion x0 → x_999 on the ``n_steps`` grid (the reference's 0 → 25 → … → 999)."""
-    alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(x0.device)
-    outs = []
-    for x in x0.split(batch_size):
-        for t, t_next in diffusion.inversion_pairs(n_steps):
-            eps = model(x, torch.full((x.shape[0],), t, device=x.device))
-            x, _ = diffusion.ddim_step(x, eps, diffusion.alpha_bar(alphas, t), diffusion.alpha_bar(alphas, t_next))
-        outs.append(x)
-    return torch.cat(outs)
+    return _ddim_walk(model, x0, diffusion.inversion_pairs(n_steps), batch_size)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 2, pad: int = 2) -> None:
@@ -179,6 +177,16 @@ def init_antisymmetric_output(model) -> None:
         model.conv_out.weight[:, 1::2] = -model.conv_out.weight[:, 0::2]
 
 
+def add_run_arguments(p: argparse.ArgumentParser, log_every: int) -> None:
+    """Logging, checkpointing, resuming and export options shared by train-backbone and train-clip."""
+    p.add_argument("--log-every", type=int, default=log_every)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="checkpoint and exit at this step without exporting, as if interrupted (resume later)")
+    p.add_argument("--fp32", action="store_true", help="ship fp32 weights instead of fp16")
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/shapes_ddpm", help="output folder (checkpoint, log, ddpm.pt, samples)")
     p.add_argument("--steps", type=int, default=4000)
@@ -204,12 +212,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--antisym-init", action="store_true",
                    help="initialise the output head antisymmetrically so it passes the per-image channel means (see "
                         "init_antisymmetric_output); needs ch × ch_mult[0] = 64")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--stop-at", type=int, default=None,
-                   help="checkpoint and exit at this step without exporting, as if interrupted (resume later)")
-    p.add_argument("--fp32", action="store_true", help="ship fp32 weights instead of fp16")
+    add_run_arguments(p, log_every=50)
     p.add_argument("--sample-steps", type=int, default=40)
     p.add_argument("--eval-samples", type=int, default=1000, help="generated samples scored by the reader (0: skip)")
     p.add_argument("--eval-invert", type=int, default=200, help="real images inverted and regenerated (0: skip)")

@@ -268,12 +268,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-length", type=int, default=24,
                    help="token context (the longest template + full caption is 18 tokens)")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--stop-at", type=int, default=None,
-                   help="checkpoint and exit at this step without exporting, as if interrupted (resume later)")
-    p.add_argument("--fp32", action="store_true", help="ship fp32 weights instead of fp16")
+    from asyrp.worlds.train_backbone import add_run_arguments
+    add_run_arguments(p, log_every=25)
     p.add_argument("--eval-images", type=int, default=1000, help="held-out images for zero-shot accuracy (0: skip)")
     p.add_argument("--no-progress", action="store_true")
 
