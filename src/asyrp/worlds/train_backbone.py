@@ -219,16 +219,39 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def open_run(args: argparse.Namespace, log_name: str) -> tuple[torch.device, Path, Path, Path]:
+    """Threads, device and the output folder of a training run: (device, out, checkpoint path, log path)."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return torch.device(args.device), out, out / "checkpoint.pt", out / log_name
+
+
+def load_resume_checkpoint(args: argparse.Namespace, ckpt_path: Path, log_path: Path, config: dict,
+                           device: torch.device) -> dict | None:
+    """The checkpoint to continue from (``--resume`` and one exists; its config must match), with the log cut back to
+    its step; otherwise None, and a stale log from an earlier run is removed."""
+    if not (args.resume and ckpt_path.exists()):
+        if log_path.exists():
+            log_path.unlink()
+        return None
+    ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+    if ck["config"] != config:
+        raise ValueError(f"{ckpt_path} was trained with {ck['config']}, not {config}; use the same options")
+    print(f"resumed from {ckpt_path} at step {ck['step']}")
+    if log_path.exists():  # drop lines written after the checkpoint
+        keep = [r for r in read_jsonl(log_path) if r["step"] <= ck["step"]]
+        with atomic_path(log_path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    return ck
+
+
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from asyrp.worlds.shapes import ddpm_from_checkpoint
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "ddpm_train_log.jsonl"
+    device, out, ckpt_path, log_path = open_run(args, "ddpm_train_log.jsonl")
 
     from asyrp.models.unet import DDPMUNet
     config = model_config(args)
@@ -239,21 +262,12 @@ def main(args: argparse.Namespace) -> int:
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, elapsed = 0, 0.0
-    if args.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ck["config"] != config:
-            raise ValueError(f"{ckpt_path} was trained with {ck['config']}, not {config}; use the same options")
+    ck = load_resume_checkpoint(args, ckpt_path, log_path, config, device)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         ema = ck["ema"]
         opt.load_state_dict(ck["optimizer"])
         step, elapsed = ck["step"], ck["seconds"]
-        print(f"resumed from {ckpt_path} at step {step}")
-        if log_path.exists():  # drop lines written after the checkpoint
-            keep = [r for r in read_jsonl(log_path) if r["step"] <= step]
-            with atomic_path(log_path) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    elif log_path.exists():
-        log_path.unlink()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"DDPMUNet {config}: {n_params:,} parameters, h = ({model.h_channels}, {model.h_size}, {model.h_size})")
 

@@ -17,11 +17,9 @@ per attribute on held-out images, directional-similarity checks).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +35,6 @@ from asyrp.clip_loss import (
 from asyrp.io import (
     append_jsonl,
     atomic_json,
-    atomic_path,
     atomic_torch_save,
     read_jsonl,
 )
@@ -278,12 +275,9 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from asyrp.worlds.shapes import clip_from_checkpoint
+    from asyrp.worlds.train_backbone import load_resume_checkpoint, open_run
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "clip_train_log.jsonl"
+    device, out, ckpt_path, log_path = open_run(args, "clip_train_log.jsonl")
     cfg = default_config(args.embed_dim, args.width, args.vision_layers, args.text_layers, args.patch_size,
                          args.context_length, args.image_size)
     tokenizer = make_tokenizer(cfg)
@@ -296,20 +290,11 @@ def main(args: argparse.Namespace) -> int:
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     seen = torch.zeros(cfg["text"]["vocab_size"], dtype=torch.bool)
     step, elapsed = 0, 0.0
-    if args.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ck["config"] != cfg:
-            raise ValueError(f"{ckpt_path} was trained with {ck['config']}, not {cfg}; use the same options")
+    ck = load_resume_checkpoint(args, ckpt_path, log_path, cfg, device)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         seen, step, elapsed = ck["seen_tokens"], ck["step"], ck["seconds"]
-        print(f"resumed from {ckpt_path} at step {step}")
-        if log_path.exists():
-            keep = [r for r in read_jsonl(log_path) if r["step"] <= step]
-            with atomic_path(log_path) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    elif log_path.exists():
-        log_path.unlink()
     n_params = sum(p.numel() for p in model.parameters())
     n_vision = sum(p.numel() for p in model.visual.parameters())
     print(f"tiny CLIP {cfg}: {n_params:,} parameters ({n_vision:,} vision)")
