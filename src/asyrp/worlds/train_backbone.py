@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from asyrp import diffusion
+from asyrp import diffusion, sampling
 from asyrp.io import (
     append_jsonl,
     atomic_json,
@@ -43,28 +43,16 @@ FORMAT = "asyrp-shapes-ddpm-v1"
 # Sampling helpers (also used by the tests and the model card)
 # --------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def _ddim_walk(model, x: torch.Tensor, pairs, batch_size: int) -> torch.Tensor:
-    """Deterministic DDIM (η = 0) along the (t, t_next) ``pairs``, in chunks of ``batch_size`` images."""
-    alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(x.device)
-    outs = []
-    for chunk in x.split(batch_size):
-        for t, t_next in pairs:
-            eps = model(chunk, torch.full((chunk.shape[0],), t, device=chunk.device))
-            chunk, _ = diffusion.ddim_step(chunk, eps, diffusion.alpha_bar(alphas, t),
-                                           diffusion.alpha_bar(alphas, t_next))
-        outs.append(chunk)
-    return torch.cat(outs)
-
-
 def ddim_sample(model, x_T: torch.Tensor, n_steps: int = 40, batch_size: int = 250) -> torch.Tensor:
-    """Deterministic DDIM (η = 0) from x_T at t = 999 down to the predicted x0, on the ``n_steps`` grid."""
-    return _ddim_walk(model, x_T, diffusion.generative_pairs(n_steps), batch_size)
+    """:func:`asyrp.sampling.sample` (DDIM, η = 0, t = 999 → x0) in chunks of ``batch_size`` images."""
+    alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(x_T.device)
+    return torch.cat([sampling.sample(model, x, alphas, n_steps) for x in x_T.split(batch_size)])
 
 
 def ddim_invert(model, x0: torch.Tensor, n_steps: int = 40, batch_size: int = 250) -> torch.Tensor:
-    """Deterministic DDIM inversion x0 → x_999 on the ``n_steps`` grid (the reference's 0 → 25 → … → 999)."""
-    return _ddim_walk(model, x0, diffusion.inversion_pairs(n_steps), batch_size)
+    """:func:`asyrp.sampling.invert` (DDIM inversion x0 → x_999) in chunks of ``batch_size`` images."""
+    alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(x0.device)
+    return torch.cat([sampling.invert(model, x, alphas, n_steps) for x in x0.split(batch_size)])
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 2, pad: int = 2) -> None:
@@ -246,6 +234,24 @@ def load_resume_checkpoint(args: argparse.Namespace, ckpt_path: Path, log_path: 
     return ck
 
 
+def checkpoint_or_stop(step: int, args: argparse.Namespace, save_checkpoint, bar) -> bool:
+    """After a training step: checkpoint every --ckpt-every steps, at the end and at --stop-at; True means stop now
+    (--stop-at reached: exit without exporting, as if interrupted)."""
+    if step % args.ckpt_every == 0 or step == args.steps or step == args.stop_at:
+        save_checkpoint()
+    if step != args.stop_at:
+        return False
+    bar.close()
+    print(f"stopped at step {step} (--stop-at); continue with --resume")
+    return True
+
+
+def last_logged_loss(log_path: Path) -> float:
+    """Mean loss of the last 10 log lines (NaN without a log): the final loss the shipped file records."""
+    records = read_jsonl(log_path) if log_path.exists() else []
+    return float(np.mean([r["loss"] for r in records[-10:]])) if records else float("nan")
+
+
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -319,16 +325,11 @@ def main(args: argparse.Namespace) -> int:
                                     "seconds": round(elapsed, 1)})
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             losses = []
-        if step % args.ckpt_every == 0 or step == args.steps or step == args.stop_at:
-            save_checkpoint()
-        if step == args.stop_at:
-            bar.close()
-            print(f"stopped at step {step} (--stop-at); continue with --resume")
+        if checkpoint_or_stop(step, args, save_checkpoint, bar):
             return 0
     bar.close()
 
-    records = read_jsonl(log_path) if log_path.exists() else []
-    final_loss = float(np.mean([r["loss"] for r in records[-10:]])) if records else float("nan")
+    final_loss = last_logged_loss(log_path)
     meta = {"steps": step, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
             "seed": args.seed, "train_seconds": round(elapsed, 1), "final_loss_last10_logs": round(final_loss, 6),
             "parameters": n_params, "h_shape": [model.h_channels, model.h_size, model.h_size],

@@ -36,9 +36,15 @@ from asyrp.io import (
     append_jsonl,
     atomic_json,
     atomic_torch_save,
-    read_jsonl,
 )
 from asyrp.worlds import shapes
+from asyrp.worlds.train_backbone import (
+    add_run_arguments,
+    checkpoint_or_stop,
+    last_logged_loss,
+    load_resume_checkpoint,
+    open_run,
+)
 
 FORMAT = "asyrp-shapes-clip-v1"
 
@@ -265,7 +271,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-length", type=int, default=24,
                    help="token context (the longest template + full caption is 18 tokens)")
     p.add_argument("--image-size", type=int, default=32)
-    from asyrp.worlds.train_backbone import add_run_arguments
     add_run_arguments(p, log_every=25)
     p.add_argument("--eval-images", type=int, default=1000, help="held-out images for zero-shot accuracy (0: skip)")
     p.add_argument("--no-progress", action="store_true")
@@ -275,7 +280,6 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from asyrp.worlds.shapes import clip_from_checkpoint
-    from asyrp.worlds.train_backbone import load_resume_checkpoint, open_run
 
     device, out, ckpt_path, log_path = open_run(args, "clip_train_log.jsonl")
     cfg = default_config(args.embed_dim, args.width, args.vision_layers, args.text_layers, args.patch_size,
@@ -345,16 +349,11 @@ def main(args: argparse.Namespace) -> int:
                                     "seconds": round(elapsed, 1)})
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             losses, accs = [], []
-        if step % args.ckpt_every == 0 or step == args.steps or step == args.stop_at:
-            save_checkpoint()
-        if step == args.stop_at:
-            bar.close()
-            print(f"stopped at step {step} (--stop-at); continue with --resume")
+        if checkpoint_or_stop(step, args, save_checkpoint, bar):
             return 0
     bar.close()
 
-    records = read_jsonl(log_path) if log_path.exists() else []
-    final_loss = float(np.mean([r["loss"] for r in records[-10:]])) if records else float("nan")
+    final_loss = last_logged_loss(log_path)
     model.eval()
     sd, rows = export_state(model, seen, fp16=not args.fp32)
     meta = {"steps": step, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
