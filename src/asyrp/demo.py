@@ -33,10 +33,11 @@ def shapes_text(attribute: str, value: str) -> str:
 
 
 def _items(dataset, prefix: str) -> list[dict]:
-    """Inversion-cache items of a ShapesDataset (the spec seed and index identify each image)."""
+    """Inversion-cache items of a ShapesDataset; the cache key is the sha256 of the pixels (the same seed gives other
+    images under other constraints)."""
     import hashlib
     items = []
-    for i in range(len(dataset.specs)):
+    for i in range(len(dataset)):
         image = dataset.image(i)
         items.append({"image": image, "name": f"{prefix}_{i:03d}", "source": f"shapes:{dataset.seed}:{i}",
                       "sha256": hashlib.sha256(image.numpy().tobytes()).hexdigest()})
@@ -47,8 +48,8 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
                     kind: str = "conv", seed: int = 0, n_train: int = 24, n_test: int = 16, epochs: int = 4,
                     t_edit: int = 500, t_boost: int | None = None, n_steps: int = 20, lr: float | None = None,
                     train_images: str = "real", strengths=STRENGTHS, device: str | None = None,
-                    world_dir: str | None = None, batch_size: int = 4, l1_weight: float = 3.0, cache_dir: str | Path | None = None,
-                    progress: bool = True) -> dict:
+                    world_dir: str | None = None, batch_size: int = 4, l1_weight: float = 3.0,
+                    cache_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Train one direction in the shapes world and measure it; returns the metrics written to metrics.json."""
     from asyrp.backbones import Backbone, fingerprint
     from asyrp.clip_loss import CLIPDirection
@@ -67,6 +68,14 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
         if v not in shapes.ATTRIBUTES[attribute]:
             raise UserError(f"{v!r} is not a {attribute} of the shapes world ({', '.join(shapes.ATTRIBUTES[attribute])})")
     started = time.perf_counter()
+    stage_seconds: dict[str, float] = {}
+    stage_start = started
+
+    def stage_done(name: str) -> None:
+        nonlocal stage_start
+        now = time.perf_counter()
+        stage_seconds[name], stage_start = round(now - stage_start, 1), now
+
     device = default_device(device)
     out.mkdir(parents=True, exist_ok=True)
     unet = shapes.load_tiny_ddpm(device, world_dir)
@@ -85,7 +94,7 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
                                    batch_size=32, device=device, progress=progress)
     else:
         raise UserError(f"--train-images must be real or sampled, not {train_images!r}")
-    stage_seconds = {"load_and_invert_train": round(time.perf_counter() - started, 1)}
+    stage_done("load_and_invert_train")
     delta = DeltaBlockConfig(kind=kind, heads=2 if kind != "conv" else 1, ff_dim=256, zero_init=kind != "conv")
     cfg = TrainConfig(src=src, trg=trg, backbone="shapes", clip_model="shapes", n_inv_step=n_steps,
                       n_train_step=n_steps, t_edit=t_edit, t_boost=t_boost, delta=delta, n_images=n_train,
@@ -96,11 +105,11 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     direction_path = train(cfg, out / "train", backbone=backbone, clip=(encoder, clip_size), entries=train_entries,
                            resume=True, progress=progress)
 
-    stage_seconds["train"] = round(time.perf_counter() - started - sum(stage_seconds.values()), 1)
+    stage_done("train")
     # held-out real images of the source value: rendered, then DDIM-inverted
     test = shapes.ShapesDataset(n_test, seed + 10_000, constraints={attribute: src_value})
-    test_entries = precompute(unet, _items(test, "test"), cache, backbone.fingerprint, settings, batch_size=32, device=device,
-                              progress=progress)
+    test_entries = precompute(unet, _items(test, "test"), cache, backbone.fingerprint, settings, batch_size=32,
+                              device=device, progress=progress)
     from asyrp.models.delta import load_delta_block
     block = load_delta_block(direction_path).to(device)
     ecfg = EditConfig(directions=[str(direction_path)], backbone="shapes", n_images=n_test, n_inv_step=n_steps,
@@ -110,7 +119,7 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
                   directions=[Direction(block, str(direction_path), None, n_steps, t_edit, t_boost)],
                   progress=progress)
 
-    stage_seconds["invert_and_edit_test"] = round(time.perf_counter() - started - sum(stage_seconds.values()), 1)
+    stage_done("invert_and_edit_test")
     # measure with the exact reader and the tiny CLIP
     truth = [test.specs[i].attributes for i in range(n_test)]
     direction = CLIPDirection(encoder, src, trg, templates=None, image_size=clip_size).to(device)
@@ -128,6 +137,8 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
         per_strength.append({"strength": s["strength"], "folder": s["folder"], "edit_success": success,
                              "source_kept": still_source, "preservation": preserved,
                              "valid": sum(valid) / n_test, "s_dir": float(sdir.mean()), "s_dir_std": float(sdir.std())})
+    # the ceiling: does h carry this attribute at all in this DDPM (no training involved)?
+    h_swap = h_swap_transfer(unet, attribute, n=16, seed=seed, t_edit=t_edit, n_steps=n_steps)
     main = next(p for p in per_strength if p["strength"] == 1.0) if 1.0 in strengths else per_strength[-1]
     metrics = {
         "world": "shapes", "direction": {"attribute": attribute, "from": src_value, "to": trg_value,
@@ -137,12 +148,9 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
         "linearity": linearity(per_strength),
         "per_strength": per_strength, "n_train": n_train, "n_test": n_test, "t_edit": t_edit, "t_boost": t_boost,
         "n_steps": n_steps, "seed": seed, "train_images": train_images, "lr": cfg.lr, "epochs": epochs,
-        "seconds": round(time.perf_counter() - started, 1), "stage_seconds": stage_seconds,
+        "h_swap": h_swap, "seconds": round(time.perf_counter() - started, 1), "stage_seconds": stage_seconds,
         "device": str(device), "torch_threads": torch.get_num_threads(),
     }
-    # the ceiling: does h carry this attribute at all in this DDPM (no training involved)?
-    metrics["h_swap"] = h_swap_transfer(unet, attribute, n=16, seed=seed, t_edit=t_edit, n_steps=n_steps)
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
     atomic_json(out / "metrics.json", metrics)
     # figures: the grid of edit, and one row per test image across strengths
     import shutil
@@ -269,9 +277,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     m = run_shapes_demo(out, args.direction, args.src_value, args.trg_value, kind=args.kind, seed=args.seed,
                         n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, device=args.device,
-                        batch_size=args.batch_size,
-                        train_images=args.train_images, n_steps=args.n_steps, t_edit=args.t_edit, lr=args.lr,
-                        strengths=[float(v) for v in args.strengths.split(",")], world_dir=args.world_dir, progress=not args.no_progress)
+                        batch_size=args.batch_size, train_images=args.train_images, n_steps=args.n_steps,
+                        t_edit=args.t_edit, lr=args.lr, strengths=[float(v) for v in args.strengths.split(",")],
+                        world_dir=args.world_dir, progress=not args.no_progress)
     d = m["direction"]
     print(f"shapes world: {d['src_text']!r} → {d['trg_text']!r} with a {m['block']} delta block, "
           f"{m['n_train']} {m['train_images']} training images, {m['n_test']} held-out real images")

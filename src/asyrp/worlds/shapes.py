@@ -436,14 +436,14 @@ def _load_resource(name: str, command: str, world_dir=None) -> dict:
     """The shipped file ``name``, or ``world_dir/name`` when a folder of retrained models is given."""
     if world_dir is not None:
         from pathlib import Path
-        path = Path(world_dir) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; `asyrp {command}` writes {name} into its --out folder")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    ref = resource_path(name)
+        ref = Path(world_dir) / name
+        missing = f"{ref} does not exist; `asyrp {command}` writes {name} into its --out folder"
+    else:
+        ref = resource_path(name)
+        missing = (f"the shapes world's {name} is not in the package (asyrp/resources/{RESOURCE_DIR}); "
+                   f"run `asyrp {command}` to train it and copy its output there")
     if not ref.is_file():
-        raise FileNotFoundError(f"the shapes world's {name} is not in the package (asyrp/resources/{RESOURCE_DIR}); "
-                                f"run `asyrp {command}` to train it and copy its output there")
+        raise FileNotFoundError(missing)
     with resources.as_file(ref) as path:
         return torch.load(path, map_location="cpu", weights_only=True)
 
