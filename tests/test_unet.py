@@ -168,3 +168,26 @@ def test_python_timestep_equals_tensor_timestep(small):
     for u, v in zip(a, b):
         assert torch.equal(u, v)
     assert c[3] is None and torch.equal(c[0], c[1])
+
+
+def test_skip_resolutions_drop_the_decoder_skips_of_other_levels():
+    """skip_resolutions=[full] (the shapes world): decoder levels below full resolution take h alone, so changing
+    their encoder features changes nothing, while the full-resolution skips still matter; unset = every level."""
+    base = dict(TINY_UNET)
+    full = base["image_size"]
+    assert DDPMUNet(base).level_has_skips == [True] * len(base["ch_mult"])
+    assert "skip_resolutions" not in DDPMUNet(base).config  # published configs stay as they were
+    torch.manual_seed(0)
+    net = DDPMUNet({**base, "skip_resolutions": [full]}).eval()
+    assert net.level_has_skips == [True] + [False] * (len(base["ch_mult"]) - 1)
+    x = torch.randn(2, 3, full, full)
+    with torch.no_grad():
+        h, skips, temb = net.encode(x, 600)
+        eps = net.decode(h, skips, temb)
+        low = [s if s.shape[-1] == full else torch.randn_like(s) for s in skips]
+        high = [torch.randn_like(s) if s.shape[-1] == full else s for s in skips]
+        assert torch.equal(net.decode(h, low, temb), eps)
+        assert (net.decode(h, high, temb) - eps).abs().max() > 1e-3
+        assert (net.decode(h + 1, skips, temb) - eps).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"skip_resolutions \[5\] are not resolutions"):
+        DDPMUNet({**base, "skip_resolutions": [5]})

@@ -23,6 +23,10 @@ from torch import nn
 CONFIG_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
                "resamp_with_conv", "in_channels", "image_size")
 
+# Optional key: ``skip_resolutions``, the resolutions whose encoder features reach the decoder (default: all, as in
+# every published checkpoint). The shapes world keeps only the full-resolution skips, so that global content has to
+# pass through h (with all skips, its 32×32 U-Net routes colour around the bottleneck; see blogpost.md §4).
+
 CELEBA_HQ_256 = dict(ch=128, out_ch=3, ch_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=2, attn_resolutions=[16],
                      dropout=0.0, resamp_with_conv=True, in_channels=3, image_size=256)
 
@@ -40,6 +44,12 @@ def unet_config(config: Mapping[str, Any]) -> dict:
     cfg = {k: flat[k] for k in CONFIG_KEYS}
     cfg["ch_mult"] = list(cfg["ch_mult"])
     cfg["attn_resolutions"] = list(cfg["attn_resolutions"])
+    if flat.get("skip_resolutions") is not None:  # absent from published configs: the key is only kept when set
+        resolutions = [cfg["image_size"] // 2 ** i for i in range(len(cfg["ch_mult"]))]
+        bad = [r for r in flat["skip_resolutions"] if r not in resolutions]
+        if bad:
+            raise ValueError(f"skip_resolutions {bad} are not resolutions of this U-Net ({resolutions})")
+        cfg["skip_resolutions"] = sorted(set(flat["skip_resolutions"]), reverse=True)
     return cfg
 
 
@@ -153,6 +163,10 @@ class DDPMUNet(nn.Module):
         self.mid.attn_1 = AttnBlock(block_in)
         self.mid.block_2 = ResnetBlock(block_in, block_in, self.temb_ch, dropout)
         self.h_channels, self.h_size = block_in, res
+        skip_res = cfg.get("skip_resolutions")
+        # per decoder level (ascending): does it concatenate the encoder features of its resolution?
+        self.level_has_skips = [skip_res is None or cfg["image_size"] // 2 ** i in skip_res
+                                for i in range(self.num_resolutions)]
 
         self.up = nn.ModuleList()
         for i in reversed(range(self.num_resolutions)):
@@ -162,6 +176,8 @@ class DDPMUNet(nn.Module):
             for j in range(nrb + 1):
                 if j == nrb:
                     skip_in = ch * in_mult[i]
+                if not self.level_has_skips[i]:
+                    skip_in = 0
                 level.block.append(ResnetBlock(block_in + skip_in, block_out, self.temb_ch, dropout))
                 block_in = block_out
                 if res in cfg["attn_resolutions"]:
@@ -210,7 +226,7 @@ class DDPMUNet(nn.Module):
             level = self.up[i]
             for j, block in enumerate(level.block):
                 k -= 1
-                h = block(torch.cat([h, skips[k]], dim=1), temb)
+                h = block(torch.cat([h, skips[k]], dim=1) if self.level_has_skips[i] else h, temb)
                 if len(level.attn) > 0:
                     h = level.attn[j](h)
             if hasattr(level, "upsample"):

@@ -116,9 +116,12 @@ def _ints(text: str) -> list[int]:
 
 
 def model_config(args) -> dict:
-    return dict(ch=args.ch, out_ch=3, ch_mult=_ints(args.ch_mult), num_res_blocks=args.num_res_blocks,
-                attn_resolutions=_ints(args.attn), dropout=args.dropout, resamp_with_conv=True, in_channels=3,
-                image_size=args.image_size)
+    config = dict(ch=args.ch, out_ch=3, ch_mult=_ints(args.ch_mult), num_res_blocks=args.num_res_blocks,
+                  attn_resolutions=_ints(args.attn), dropout=args.dropout, resamp_with_conv=True, in_channels=3,
+                  image_size=args.image_size)
+    if args.skip_resolutions:
+        config["skip_resolutions"] = _ints(args.skip_resolutions)
+    return config
 
 
 def stream_seed(seed: int, step: int) -> int:
@@ -194,6 +197,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-res-blocks", type=int, default=1)
     p.add_argument("--attn", default="8", help="attention resolutions, comma separated")
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--skip-resolutions", default="",
+                   help="resolutions whose encoder features reach the decoder, comma separated (default: all, the "
+                        "standard U-Net); e.g. 32 keeps only the full-resolution skips, so global content passes h")
     p.add_argument("--offset-noise", type=float, default=0.0,
                    help="add a per-image, per-channel constant N(0, s²) to ε during training (\"offset noise\"), so "
                         "the network learns the per-channel mean (DC) of the noise; 0: the plain ε ~ N(0, I)")
