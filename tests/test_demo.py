@@ -5,10 +5,10 @@ shipped tiny DDPM and tiny CLIP, then held-out real images are edited and read b
 
 What was measured (scripts/shapes_study.sh, 3 seeds × conv / pixel_channel, demo defaults; blogpost.md §4): the
 pipeline runs and preserves what the 20-step inversion preserves, but **the edit does not happen in this world**:
-edit success 0 at every strength for every seed and both blocks, because the tiny DDPM's bottleneck does not carry
-the attributes (replacing A's h by B's h at t ≥ 500 gives B's colour in 0–2 of 16 pairs). The test records that
-finding (SUCCESS_MAX) instead of tuning it away; a retrained world in which h is semantic must raise it, and the
-report with it.
+edit success 0 at every strength for every seed and both blocks, on inverted and on sampled images, because the tiny
+DDPM's decoder does not listen to h (`python -m asyrp.worlds.probe_h`: B's h in A's reverse path moves ε by well
+under 1 % and does not transfer the colour). The test records that finding (SUCCESS_MAX) instead of tuning it away;
+a retrained world in which h is semantic must raise it, and the report with it.
 """
 
 from __future__ import annotations
@@ -81,3 +81,55 @@ def test_celeba_demo_offline_names_every_missing_file(tmp_path, capsys):
     for name in ("celeba_hq.ckpt", "smiling_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth",
                  "pixar_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth"):
         assert name in err
+
+
+def test_h_swap_with_its_own_h_is_plain_sampling_and_other_h_changes_the_path():
+    from asyrp import diffusion as D
+    from asyrp import sampling
+    from asyrp.demo import h_swap
+    from asyrp.worlds import shapes
+
+    torch.set_num_threads(2)
+    unet = shapes.load_tiny_ddpm("cpu")
+    g = torch.Generator().manual_seed(0)
+    x_a, x_b = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    plain = sampling.sample(unet, x_a, D.alphas_cumprod(D.linear_betas()), 6)
+    assert torch.allclose(h_swap(unet, x_a, x_a, t_edit=500, n_steps=6), plain, atol=1e-5)
+    assert torch.equal(h_swap(unet, x_a, x_b, t_edit=1000, n_steps=6), h_swap(unet, x_a, x_a, 1000, 6))
+    assert (h_swap(unet, x_a, x_b, t_edit=0, n_steps=6) - plain).abs().max() > 1e-3
+
+
+def test_sampled_images_of_a_value_are_read_as_that_value(tmp_path):
+    from asyrp.backbones import fingerprint
+    from asyrp.cli import UserError
+    from asyrp.demo import sampled_of_value
+    from asyrp.inversion import InversionSettings
+    from asyrp.worlds import shapes
+
+    torch.set_num_threads(2)
+    unet = shapes.load_tiny_ddpm("cpu")
+    settings = InversionSettings(n_inv_step=10)
+    entries, reads = sampled_of_value(unet, fingerprint(unet), "background", "white", 3, 0, tmp_path, settings, "cpu",
+                                      pool=16)
+    assert len(entries) == 3 and all(r["background"] == "white" for r in reads)
+    again = shapes.read_attributes(torch.stack([e["x0"] for e in entries]))
+    assert [{k: r[k] for k in shapes.ATTRIBUTES} for r in again] == reads
+    assert len(list(tmp_path.glob("*/*.pt"))) == 3  # only the chosen samples are cached
+    with pytest.raises(UserError, match="the DDPM generated only .* of 50 wanted in 16 samples; use --images real"):
+        sampled_of_value(unet, fingerprint(unet), "background", "white", 50, 0, tmp_path, settings, "cpu", pool=16,
+                         max_tries=1)
+
+
+def test_probe_h_measures_the_shipped_ddpm(tmp_path, capsys):
+    """The diagnosis of blogpost.md §4 as a command: the inverted latent still shows the colour far above the forward
+    process's √ᾱ_T share, and h alone moves the shipped decoder's ε by well under 1 %."""
+    from asyrp.worlds import probe_h
+
+    torch.set_num_threads(2)
+    assert probe_h.main(["--n", "2", "--no-swap", "--out", str(tmp_path / "probe.json")]) == 0
+    result = json.loads((tmp_path / "probe.json").read_text())
+    s = result["sensitivity"]
+    assert result["ddpm"] == "shipped" and s["n"] == 2 and len(s["steps"]) == 20
+    assert s["xT_share"] > 10 * s["forward_process_share"] > 0
+    assert all(row["h_change"] > 0.05 and 0 < row["eps_change"] < 0.01 for row in s["steps"] if row["t"] >= 500)
+    assert "the DDIM-inverted x_T keeps" in capsys.readouterr().out

@@ -1,0 +1,104 @@
+"""Does the decoder of a shapes-world DDPM listen to h? Measurements behind blogpost.md §4, without any training.
+
+For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source value, B of the target value):
+
+* ``xT_share``: how much of the attribute the DDIM-inverted latent still shows: the mean colour difference between
+  x_T(A) and x_T(B) over the pixels where A and B differ, as a share of that difference in the images (the norm over
+  the three channels); the forward process keeps √ᾱ_T of it (``forward_process_share``, 0.006);
+* per reverse step t along A's path: ``eps_change`` = ‖ε(h_B, skips_A) − ε(h_A, skips_A)‖ / ‖ε(h_A, skips_A)‖, with
+  ``h_change`` = ‖h_B − h_A‖ / ‖h_A‖: how much the output moves when h alone carries B;
+* the h-swap ceiling of :func:`asyrp.demo.h_swap_transfer`, for real (inverted) and sampled images.
+
+    python -m asyrp.worlds.probe_h                       # the shipped DDPM
+    python -m asyrp.worlds.probe_h --ddpm runs/x/checkpoint.pt   # a training checkpoint (its EMA weights)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def load_ddpm(path: str | None, device: str = "cpu"):
+    """The shipped DDPM (None), an exported ddpm.pt, or the EMA weights of a train-backbone checkpoint.pt."""
+    from asyrp.worlds import shapes
+    if path is None:
+        return shapes.load_tiny_ddpm(device)
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if "ema" in obj:  # a training checkpoint
+        obj = {"config": obj["config"], "state_dict": obj["ema"]}
+    return shapes.ddpm_from_checkpoint(obj, device)
+
+
+@torch.no_grad()
+def h_sensitivity(unet, attribute: str = "color", src_value: str = "red", trg_value: str = "blue", n: int = 8,
+                  seed: int = 3, n_steps: int = 20) -> dict:
+    from asyrp import diffusion as D
+    from asyrp import sampling
+    from asyrp.worlds import shapes
+
+    device = next(unet.parameters()).device
+    specs = shapes.sample_specs(n, seed, constraints={attribute: src_value})
+    x0_a = shapes.make_batch(specs).to(device)
+    x0_b = shapes.make_batch([s.replace(**{attribute: trg_value}) for s in specs]).to(device)
+    differs = ((x0_a - x0_b).abs().sum(1, keepdim=True) > 0.5).expand_as(x0_a)
+    alphas = D.alphas_cumprod(D.linear_betas()).to(device)
+    x_a, x_b = sampling.invert(unet, x0_a, alphas, n_steps), sampling.invert(unet, x0_b, alphas, n_steps)
+    steps = []
+
+    def region_colour_gap(a, b):  # per image: ‖mean over the differing pixels of (a − b)‖ over channels
+        mask = differs.float()
+        return (((a - b) * mask).sum((2, 3)) / mask.sum((2, 3))).norm(dim=1)
+    xT_share = float((region_colour_gap(x_a, x_b) / region_colour_gap(x0_a, x0_b)).mean())
+    for t, t_next in D.generative_pairs(n_steps):
+        h_a, skips, temb = unet.encode(x_a, t)
+        h_b = unet.encode(x_b, t)[0]
+        eps = unet.decode(h_a, skips, temb)
+        eps_swapped = unet.decode(h_b, skips, temb)
+        steps.append({"t": t, "h_change": round(float((h_b - h_a).norm() / h_a.norm()), 4),
+                      "eps_change": round(float((eps_swapped - eps).norm() / eps.norm()), 6)})
+        x_a = D.ddim_step(x_a, eps, D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next))[0]
+        x_b = D.ddim_step(x_b, unet(x_b, t), D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next))[0]
+    return {"attribute": attribute, "from": src_value, "to": trg_value, "n": n, "n_steps": n_steps,
+            "xT_share": round(xT_share, 4),
+            "forward_process_share": round(float(D.alpha_bar(alphas, 999).sqrt()), 4), "steps": steps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from asyrp.demo import SHAPES_DIRECTIONS, h_swap_transfer
+
+    p = argparse.ArgumentParser(prog="python -m asyrp.worlds.probe_h", description=__doc__.split("\n")[0])
+    p.add_argument("--ddpm", help="ddpm.pt or a train-backbone checkpoint.pt (default: the shipped DDPM)")
+    p.add_argument("--attribute", choices=sorted(SHAPES_DIRECTIONS), default="color")
+    p.add_argument("--n", type=int, default=8, help="pairs for the sensitivity; the h-swap uses 2n")
+    p.add_argument("--t-edit", type=int, default=500)
+    p.add_argument("--no-swap", action="store_true", help="skip the h-swap ceilings (the sampled one takes minutes)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", help="also write the results to this JSON file")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    unet = load_ddpm(a.ddpm)
+    src, trg = SHAPES_DIRECTIONS[a.attribute]
+    result = {"ddpm": a.ddpm or "shipped", "config": unet.config,
+              "sensitivity": h_sensitivity(unet, a.attribute, src, trg, n=a.n)}
+    s = result["sensitivity"]
+    print(f"{a.attribute} {src} → {trg}: the DDIM-inverted x_T keeps {s['xT_share']:.1%} of the colour difference "
+          f"between A and B (the forward process: {s['forward_process_share']:.1%})")
+    print(f"{'t':>5} {'|Δh|/|h|':>9} {'|Δε|/|ε|':>9}")
+    for row in s["steps"]:
+        print(f"{row['t']:>5} {row['h_change']:>9.3f} {row['eps_change']:>9.5f}")
+    if not a.no_swap:
+        result["h_swap"] = [h_swap_transfer(unet, a.attribute, src, trg, images, n=2 * a.n, t_edit=a.t_edit)
+                            for images in ("real", "sampled")]
+        for hs in result["h_swap"]:
+            print(f"h-swap at t ≥ {hs['t_edit']}, {hs['images']} images: {hs['transferred']:.2f} read as {trg}, "
+                  f"{hs['kept']:.2f} still {src} (n = {hs['n']})")
+    if a.out:
+        from asyrp.io import atomic_json
+        atomic_json(a.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
