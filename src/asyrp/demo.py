@@ -349,8 +349,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"{p['strength']:>8.2f} {p['edit_success']:>8.2f} {p['source_kept']:>8.2f} {p['preservation']:>8.2f} "
               f"{p['valid']:>6.2f} {p['s_dir']:>7.3f}")
     hs = m["h_swap"]
-    print(f"h-swap ceiling: B's h in A's reverse path (t ≥ {hs['t_edit']}) gives B's {hs['attribute']} in "
-          f"{hs['transferred']:.2f} of {hs['n']} pairs (A's kept: {hs['kept']:.2f})")
+    print(f"h-swap ceiling: the h of {hs['to']} images B in the reverse path of {hs['from']} images A "
+          f"(t ≥ {hs['t_edit']}): {round(hs['transferred'] * hs['n'])} of {hs['n']} read {hs['to']}, "
+          f"{round(hs['kept'] * hs['n'])} still {hs['from']}")
     lin = m["linearity"]
     print(f"linearity: success non-decreasing in strength {lin['monotonic']}; S_dir sign follows strength "
           f"{lin['s_dir_sign_follows_strength']}; negative strengths not toward the target "
