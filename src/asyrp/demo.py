@@ -171,7 +171,7 @@ def sampled_of_value(unet, fingerprint: str, attribute: str, value: str, n: int,
     Pools of ``pool`` samples are generated and read; only the chosen ones are written to the cache."""
     from asyrp import diffusion as D
     from asyrp import sampling
-    from asyrp.inversion import precompute_sampled
+    from asyrp.inversion import precompute_sampled, sampled_noise
     from asyrp.worlds import shapes
 
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)
@@ -179,8 +179,7 @@ def sampled_of_value(unet, fingerprint: str, attribute: str, value: str, n: int,
     entries, reads = [], []
     for k in range(max_tries):
         indices = range(k * pool, (k + 1) * pool)
-        noise = torch.stack([torch.randn(channels, size, size, generator=g)
-                             for g in sampling.image_generators(seed, indices)]).to(device)
+        noise = sampled_noise(seed, indices, (channels, size, size)).to(device)
         drawn = shapes.read_attributes(sampling.sample(unet, noise, alphas, settings.n_inv_step, settings.t_0).cpu())
         for i, read in zip(indices, drawn):
             if len(entries) == n or not (read["valid"] and read[attribute] == value):

@@ -110,6 +110,11 @@ def sampled_items(n: int, seed: int, image_size: int, channels: int = 3, start: 
              "seed": seed} for i in range(start, start + n)]
 
 
+def sampled_noise(seed: int, indices: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    """x_T of the sampled images ``indices`` of ``seed``: N(0, I) of ``shape`` per image, from its own generator."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in sampling.image_generators(seed, indices)])
+
+
 def precompute_sampled(unet, n: int, seed: int, root: str | os.PathLike, fingerprint: str,
                        settings: InversionSettings = InversionSettings(), batch_size: int = 8, start: int = 0,
                        device: str | torch.device | None = None, progress: bool = True) -> list[dict]:
@@ -120,9 +125,7 @@ def precompute_sampled(unet, n: int, seed: int, root: str | os.PathLike, fingerp
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)
 
     def compute(idx):
-        x_T = torch.stack([torch.randn(descs[i]["noise_shape"],
-                                       generator=torch.Generator().manual_seed(seed * 1_000_003 + descs[i]["index"]))
-                           for i in idx]).to(device)
+        x_T = sampled_noise(seed, [descs[i]["index"] for i in idx], descs[0]["noise_shape"]).to(device)
         x0 = sampling.sample(unet, x_T, alphas, settings.n_inv_step, settings.t_0)
         return x0, x_T, x0
 

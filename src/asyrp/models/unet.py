@@ -23,10 +23,6 @@ from torch import nn
 CONFIG_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
                "resamp_with_conv", "in_channels", "image_size")
 
-# Optional key: ``skip_resolutions``, the resolutions whose encoder features reach the decoder (default: all, as in
-# every published checkpoint). The shapes world keeps only the full-resolution skips, so that global content has to
-# pass through h (with all skips, its 32×32 U-Net routes colour around the bottleneck; see blogpost.md §4).
-
 CELEBA_HQ_256 = dict(ch=128, out_ch=3, ch_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=2, attn_resolutions=[16],
                      dropout=0.0, resamp_with_conv=True, in_channels=3, image_size=256)
 
@@ -44,7 +40,10 @@ def unet_config(config: Mapping[str, Any]) -> dict:
     cfg = {k: flat[k] for k in CONFIG_KEYS}
     cfg["ch_mult"] = list(cfg["ch_mult"])
     cfg["attn_resolutions"] = list(cfg["attn_resolutions"])
-    if flat.get("skip_resolutions") is not None:  # absent from published configs: the key is only kept when set
+    # Optional key ``skip_resolutions``: the resolutions whose encoder features reach the decoder (default: all, as in
+    # every published checkpoint, which therefore never carry it). An experiment of blogpost.md §4: with only the
+    # full-resolution skips, global content has to pass through h.
+    if flat.get("skip_resolutions") is not None:
         resolutions = [cfg["image_size"] // 2 ** i for i in range(len(cfg["ch_mult"]))]
         bad = [r for r in flat["skip_resolutions"] if r not in resolutions]
         if bad:
