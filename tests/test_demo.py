@@ -97,6 +97,35 @@ def test_h_swap_with_its_own_h_is_plain_sampling_and_other_h_changes_the_path():
     assert torch.allclose(h_swap(unet, x_a, x_a, t_edit=500, n_steps=6), plain, atol=1e-5)
     assert torch.equal(h_swap(unet, x_a, x_b, t_edit=1000, n_steps=6), h_swap(unet, x_a, x_a, 1000, 6))
     assert (h_swap(unet, x_a, x_b, t_edit=0, n_steps=6) - plain).abs().max() > 1e-3
+    # asymmetric: own h is plain sampling too; B's h gives Asyrp's step with Δh = h_B − h_A, which is neither plain
+    # sampling nor the symmetric swap
+    assert torch.allclose(h_swap(unet, x_a, x_a, t_edit=500, n_steps=6, asymmetric=True), plain, atol=1e-5)
+    asym = h_swap(unet, x_a, x_b, t_edit=0, n_steps=6, asymmetric=True)
+    assert (asym - plain).abs().max() > 1e-4
+    assert (asym - h_swap(unet, x_a, x_b, t_edit=0, n_steps=6)).abs().max() > 1e-4
+
+
+def test_asymmetric_h_swap_is_asyrps_step_with_the_delta_of_b():
+    """The asymmetric h-swap equals Asyrp's edit by hand: diffusion.ddim_step with ε̃ from forward_edit, whose delta
+    block returns h_B − h_A (c0 = c1 = 1), while B walks its own plain path."""
+    from asyrp import diffusion as D
+    from asyrp.demo import h_swap
+    from asyrp.worlds import shapes
+
+    torch.set_num_threads(2)
+    unet = shapes.load_tiny_ddpm("cpu").float()
+    g = torch.Generator().manual_seed(1)
+    x_a, x_b = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    alphas = D.alphas_cumprod(D.linear_betas())
+    expected, b = x_a, x_b
+    with torch.no_grad():
+        for t, t_next in D.generative_pairs(3):
+            a_t, a_next = D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next)
+            h_b = unet.encode(b, t)[0]
+            eps, eps_edit, _, _ = unet.forward_edit(expected, t, lambda h, temb, h_b=h_b: h_b - h, t_edit=0)
+            expected = D.ddim_step(expected, eps, a_t, a_next, eps_edited=eps_edit)[0]
+            b = D.ddim_step(b, unet(b, t), a_t, a_next)[0]
+    assert torch.allclose(h_swap(unet, x_a, x_b, t_edit=0, n_steps=3, asymmetric=True), expected, atol=1e-4)
 
 
 def test_sampled_images_of_a_value_are_read_as_that_value(tmp_path):
@@ -132,4 +161,6 @@ def test_probe_h_measures_the_shipped_ddpm(tmp_path, capsys):
     assert result["ddpm"] == "shipped" and s["n"] == 2 and len(s["steps"]) == 20
     assert s["xT_share"] > 10 * s["forward_process_share"] > 0
     assert all(row["h_change"] > 0.05 and 0 < row["eps_change"] < 0.01 for row in s["steps"] if row["t"] >= 500)
+    # the predicted x0 does tell red from blue (through the skips): at the last step most of the difference is back
+    assert s["steps"][-1]["t"] == 0 and s["steps"][-1]["p_share"] > 0.5
     assert "the DDIM-inverted x_T keeps" in capsys.readouterr().out

@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from asyrp import diffusion
 from asyrp.cli import main as cli_main
 from asyrp.io import read_jsonl
+from asyrp.models.unet import DDPMUNet
 from asyrp.worlds import shapes
 from asyrp.worlds.shapes import ShapeSpec, ShapesDataset, caption, read_attributes, render, sample_specs
 
@@ -217,6 +219,43 @@ def test_train_backbone_end_to_end_and_resume(tmp_path):
     for k in a["model"]:  # the resumed run continues exactly
         assert torch.equal(a["model"][k], b["model"][k]), k
         assert torch.equal(a["ema"][k], b["ema"][k]), k
+
+
+def test_train_backbone_h_only_fine_tune(tmp_path, capsys):
+    """--init-from + --h-only-from-t: the fine-tune starts from the given weights (first logged loss equals the loss of
+    those weights on step 0's batch, weighted as x0-MSE at t ≥ h_only_from_t) and ships a model with the key; a
+    different network is refused by name."""
+    from asyrp.worlds import train_backbone as tb
+
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert cli_main(["train-backbone", "--out", str(base), "--steps", "2", *DDPM_TINY]) == 0
+    assert cli_main(["train-backbone", "--out", str(tuned), "--steps", "1", "--init-from", str(base / "ddpm.pt"),
+                     "--h-only-from-t", "500", *DDPM_TINY]) == 0
+    shipped = torch.load(tuned / "ddpm.pt", weights_only=True)
+    assert shipped["config"]["h_only_from_t"] == 500
+    assert shipped["meta"]["init_from"] == {"path": str(base / "ddpm.pt"), "steps": 2}
+    start = torch.load(base / "ddpm.pt", weights_only=True)
+    model = DDPMUNet({**start["config"], "h_only_from_t": 500}).eval()
+    model.load_state_dict({k: v.float() for k, v in start["state_dict"].items()})
+    s_seed = tb.stream_seed(0, 0)
+    x0, _ = shapes.random_batch(4, s_seed, 16)
+    g = torch.Generator().manual_seed(s_seed)
+    t = torch.randint(0, 1000, (4,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    a = diffusion.alpha_bar(diffusion.alphas_cumprod(diffusion.linear_betas()), t)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    with torch.no_grad():
+        per_sample = (model(x_t, t) - eps).pow(2).mean(dim=(1, 2, 3))
+    w = tb.loss_weights(t, a, 500)
+    assert torch.equal(w[t < 500], torch.ones(int((t < 500).sum())))
+    assert torch.allclose(w[t >= 500], ((1 - a) / a).view(-1)[t >= 500])
+    expected = float((per_sample * w).mean())
+    logged = read_jsonl(tuned / "ddpm_train_log.jsonl")[0]["loss"]
+    assert abs(logged - expected) < 1e-3 * max(1.0, expected)
+    capsys.readouterr()
+    assert cli_main(["train-backbone", "--out", str(tmp_path / "bad"), "--steps", "1", "--init-from",
+                     str(base / "ddpm.pt"), *[v if v != "1,2" else "1,1" for v in DDPM_TINY]]) == 2
+    assert "differs from" in capsys.readouterr().err
 
 
 CLIP_TINY = ["--width", "32", "--embed-dim", "32", "--vision-layers", "1", "--text-layers", "1", "--batch-size", "8",

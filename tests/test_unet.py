@@ -191,3 +191,40 @@ def test_skip_resolutions_drop_the_decoder_skips_of_other_levels():
         assert (net.decode(h + 1, skips, temb) - eps).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"skip_resolutions \[5\] are not resolutions"):
         DDPMUNet({**base, "skip_resolutions": [5]})
+
+
+def test_h_only_from_t_makes_the_predicted_x0_a_function_of_h():
+    """h_only_from_t=500: at t ≥ 500 the encoder's skips are zero, the decoder output is x̂0 and ε is derived from it,
+    so the DDIM predicted x0 equals the decoder output and does not depend on x beyond h; below 500 the network is
+    the plain ε-U-Net. decode without x and t is an error that names the fix; bad values are one-line errors."""
+    from asyrp import diffusion as D
+
+    base = dict(TINY_UNET)
+    assert "h_only_from_t" not in DDPMUNet(base).config
+    torch.manual_seed(0)
+    net = DDPMUNet({**base, "h_only_from_t": 500}).eval()
+    plain = DDPMUNet(base).eval()
+    plain.load_state_dict(net.state_dict())  # same parameters: the key adds none
+    size = base["image_size"]
+    x = torch.randn(2, 3, size, size)
+    t = torch.tensor([300.0, 700.0])
+    alphas = D.alphas_cumprod(D.linear_betas())
+    with torch.no_grad():
+        eps = net(x, t)
+        assert torch.equal(eps[0], plain(x, t)[0])  # t < 500: the standard network
+        h, skips, temb = net.encode(x, t)
+        assert all(float(s[1].abs().max()) == 0 for s in skips) and all(float(s[0].abs().max()) > 0 for s in skips)
+        x0_head = net._up(h, skips, temb)[1:]
+        a = D.alpha_bar(alphas, 700)
+        x0_pred = (x[1:] - (1 - a).sqrt() * eps[1:]) / a.sqrt()
+        assert (x0_pred - x0_head).abs().max() < 1e-3
+        # the same h with other skips (from another input) gives the same ε at t ≥ 500
+        other = net.encode(torch.randn_like(x), t)[1]
+        assert torch.equal(net.decode(h, other, temb, x, t)[1], eps[1])
+        edited = net.decode(h + 1, skips, temb, x, t)
+        assert (edited[1] - eps[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"call decode\(h, skips, temb, x, t\)"):
+        net.decode(h, skips, temb)
+    for bad in (0, 1000, 2.5, True):
+        with pytest.raises(ValueError, match="h_only_from_t must be an integer timestep"):
+            DDPMUNet({**base, "h_only_from_t": bad})

@@ -3,7 +3,7 @@
 The forward pass is split at the bottleneck so that Asyrp can reach h-space:
 
     encode(x, t)            -> (h, skips, temb)      h = output of mid.block_2, e.g. (B, 512, 8, 8) at 256²
-    decode(h, skips, temb)  -> ε
+    decode(h, skips, temb)  -> ε                     (decode(h, skips, temb, x, t) for an ``h_only_from_t`` model)
     forward_edit(...)       -> (ε, ε̃, h, Δh)         one encoder pass, two decoder passes (h and c0·h + c1·Δh)
 
 Parameter names are exactly those of the original checkpoints (``conv_in``, ``temb.dense.0``, ``down.i.block.j``,
@@ -18,6 +18,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from asyrp import diffusion
 
 # Keys of the reference YAML ``model:`` block that define the network, plus the image size.
 CONFIG_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
@@ -49,7 +51,24 @@ def unet_config(config: Mapping[str, Any]) -> dict:
         if bad:
             raise ValueError(f"skip_resolutions {bad} are not resolutions of this U-Net ({resolutions})")
         cfg["skip_resolutions"] = sorted(set(flat["skip_resolutions"]), reverse=True)
+    # Optional key ``h_only_from_t``: at t ≥ this timestep no encoder feature reaches the decoder and the decoder's
+    # output is the predicted x0, so ε = (x_t − √ᾱ_t·x̂0(h)) / √(1 − ᾱ_t) (linear β schedule of asyrp.diffusion):
+    # the predicted x0 — what Asyrp's asymmetric step edits — is a function of h alone there (blogpost.md §4).
+    if flat.get("h_only_from_t") is not None:
+        value = flat["h_only_from_t"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < diffusion.NUM_TIMESTEPS:
+            raise ValueError(f"h_only_from_t must be an integer timestep in [1, {diffusion.NUM_TIMESTEPS - 1}], "
+                             f"got {value!r}")
+        cfg["h_only_from_t"] = value
     return cfg
+
+
+def per_sample_timesteps(t: torch.Tensor | float | int, batch: int, device: torch.device) -> torch.Tensor:
+    """A (batch,) float tensor of timesteps from a scalar, a 0-d or a (batch,) tensor."""
+    if isinstance(t, (int, float)):  # a fill on the device, not a host-to-device copy
+        return torch.full((batch,), float(t), device=device)
+    t = torch.as_tensor(t, device=device)
+    return t.expand(batch) if t.dim() == 0 else t
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -162,6 +181,9 @@ class DDPMUNet(nn.Module):
         self.mid.attn_1 = AttnBlock(block_in)
         self.mid.block_2 = ResnetBlock(block_in, block_in, self.temb_ch, dropout)
         self.h_channels, self.h_size = block_in, res
+        self.h_only_from_t = cfg.get("h_only_from_t")
+        # ᾱ for the x0 head of an h_only_from_t model: a plain attribute, not a buffer, so state dicts stay unchanged
+        self._alphas_cumprod = diffusion.alphas_cumprod(diffusion.linear_betas())
         skip_res = cfg.get("skip_resolutions")
         # per decoder level (ascending): does it concatenate the encoder features of its resolution?
         self.level_has_skips = [skip_res is None or cfg["image_size"] // 2 ** i in skip_res
@@ -199,11 +221,7 @@ class DDPMUNet(nn.Module):
         """Encoder and middle block: returns (h, skips, temb). ``t`` is per sample (or a scalar)."""
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"input is {tuple(x.shape[-2:])}, this U-Net expects {self.image_size}×{self.image_size}")
-        if isinstance(t, (int, float)):  # a fill on the device, not a host-to-device copy
-            t = torch.full((x.shape[0],), float(t), device=x.device)
-        t = torch.as_tensor(t, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
+        t = per_sample_timesteps(t, x.shape[0], x.device)
         temb = self.time_embedding(t)
         skips = [self.conv_in(x)]
         for level in self.down:
@@ -216,10 +234,29 @@ class DDPMUNet(nn.Module):
                 skips.append(level.downsample(skips[-1]))
         h = skips[-1]
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb)), temb)
+        if self.h_only_from_t is not None:  # the decoder sees h alone at t ≥ h_only_from_t
+            keep = (t < self.h_only_from_t).to(h.dtype).view(-1, 1, 1, 1)
+            skips = [s * keep for s in skips]
         return h, skips, temb
 
-    def decode(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
-        """Up path from the bottleneck h, consuming ``skips`` from the end (the list is not modified)."""
+    def decode(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor,
+               x: torch.Tensor | None = None, t: torch.Tensor | float | int | None = None) -> torch.Tensor:
+        """Up path from the bottleneck h, consuming ``skips`` from the end (the list is not modified).
+
+        An ``h_only_from_t`` model also needs the input ``x`` and ``t`` of :meth:`encode`: at t ≥ h_only_from_t its
+        decoder predicts x0, turned into ε here."""
+        out = self._up(h, skips, temb)
+        if self.h_only_from_t is None:
+            return out
+        if x is None or t is None:
+            raise ValueError("this U-Net has h_only_from_t: call decode(h, skips, temb, x, t) with the input and "
+                             "timesteps given to encode")
+        t = per_sample_timesteps(t, x.shape[0], x.device)
+        a = self._alphas_cumprod.to(x.device)[t.long().clamp(0, diffusion.NUM_TIMESTEPS - 1)].view(-1, 1, 1, 1)
+        eps_from_x0 = (x.float() - a.sqrt() * out.float()) / (1 - a).sqrt()
+        return torch.where((t >= self.h_only_from_t).view(-1, 1, 1, 1), eps_from_x0.to(out.dtype), out)
+
+    def _up(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
         k = len(skips)
         for i in reversed(range(self.num_resolutions)):
             level = self.up[i]
@@ -234,7 +271,7 @@ class DDPMUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
         h, skips, temb = self.encode(x, t)
-        return self.decode(h, skips, temb)
+        return self.decode(h, skips, temb, x, t)
 
     def forward_edit(self, x: torch.Tensor, t: torch.Tensor | float | int, delta_block: nn.Module | None,
                      t_edit: int, c0: float = 1.0, c1: float = 1.0, ignore_timestep: bool = False,
@@ -260,16 +297,16 @@ class DDPMUNet(nn.Module):
             n_edit = int(edit.sum())  # a host sync: decides which decoders run on which samples
         if n_edit == 0 and not need_eps:
             raise ValueError("forward_edit with need_eps=False needs at least one edited sample")
-        eps = self.decode(h, skips, temb) if (need_eps or n_edit < batch) else None
+        eps = self.decode(h, skips, temb, x, t) if (need_eps or n_edit < batch) else None
         if n_edit == 0:
             return eps, eps, h, None
         delta_h = delta_block(h, None if ignore_timestep else temb)
         h_edit = c0 * h + c1 * delta_h
         if n_edit == batch:
-            eps_edited = self.decode(h_edit, skips, temb)
+            eps_edited = self.decode(h_edit, skips, temb, x, t)
         else:
             idx = edit.nonzero(as_tuple=True)[0]
-            eps_sub = self.decode(h_edit[idx], [s[idx] for s in skips], temb[idx])
+            eps_sub = self.decode(h_edit[idx], [s[idx] for s in skips], temb[idx], x[idx], t[idx])
             eps_edited = eps.index_copy(0, idx, eps_sub)
         return eps, eps_edited, h, delta_h
 

@@ -6,8 +6,11 @@ For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source v
   x_T(A) and x_T(B) over the pixels where A and B differ, as a share of that difference in the images (the norm over
   the three channels); the forward process keeps √ᾱ_T of it (``forward_process_share``, 0.006);
 * per reverse step t along A's path: ``eps_change`` = ‖ε(h_B, skips_A) − ε(h_A, skips_A)‖ / ‖ε(h_A, skips_A)‖, with
-  ``h_change`` = ‖h_B − h_A‖ / ‖h_A‖: how much the output moves when h alone carries B;
-* the h-swap ceiling of :func:`asyrp.demo.h_swap_transfer`, for real (inverted) and sampled images.
+  ``h_change`` = ‖h_B − h_A‖ / ‖h_A‖: how much the output moves when h alone carries B; and ``p_share``, the
+  colour difference between the predicted x0 (P_t) of A's and of B's own unedited paths as a share of that in the
+  images: from which t on the prediction — what Asyrp edits — tells the two apart;
+* the h-swap ceilings of :func:`asyrp.demo.h_swap_transfer`, for real (inverted) and sampled images: symmetric (B's
+  ε for the predicted x0 and the direction) and asymmetric (Asyrp's step: only the predicted x0 uses B's h).
 
     python -m asyrp.worlds.probe_h                       # the shipped DDPM
     python -m asyrp.worlds.probe_h --ddpm runs/x/checkpoint.pt   # a training checkpoint (its EMA weights)
@@ -54,12 +57,15 @@ def h_sensitivity(unet, attribute: str = "color", src_value: str = "red", trg_va
     for t, t_next in D.generative_pairs(n_steps):
         h_a, skips, temb = unet.encode(x_a, t)
         h_b = unet.encode(x_b, t)[0]
-        eps = unet.decode(h_a, skips, temb)
-        eps_swapped = unet.decode(h_b, skips, temb)
+        eps = unet.decode(h_a, skips, temb, x_a, t)
+        eps_swapped = unet.decode(h_b, skips, temb, x_a, t)
+        eps_b = unet(x_b, t)
+        a_t, a_next = D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next)
+        x_a, p_a = D.ddim_step(x_a, eps, a_t, a_next)
+        x_b, p_b = D.ddim_step(x_b, eps_b, a_t, a_next)
         steps.append({"t": t, "h_change": round(float((h_b - h_a).norm() / h_a.norm()), 4),
-                      "eps_change": round(float((eps_swapped - eps).norm() / eps.norm()), 6)})
-        x_a = D.ddim_step(x_a, eps, D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next))[0]
-        x_b = D.ddim_step(x_b, unet(x_b, t), D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next))[0]
+                      "eps_change": round(float((eps_swapped - eps).norm() / eps.norm()), 6),
+                      "p_share": round(float((region_colour_gap(p_a, p_b) / region_colour_gap(x0_a, x0_b)).mean()), 4)})
     return {"attribute": attribute, "from": src_value, "to": trg_value, "n": n, "n_steps": n_steps,
             "xT_share": round(xT_share, 4),
             "forward_process_share": round(float(D.alpha_bar(alphas, 999).sqrt()), 4), "steps": steps}
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=8, help="pairs for the sensitivity; the h-swap uses 2n")
     p.add_argument("--t-edit", type=int, default=500)
     p.add_argument("--no-swap", action="store_true", help="skip the h-swap ceilings (the sampled one takes minutes)")
+    p.add_argument("--swap-images", default="real,sampled",
+                   help="which h-swap ceilings: real, sampled or both (sampled needs a DDPM that generates the values)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="also write the results to this JSON file")
     a = p.parse_args(argv)
@@ -85,15 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     s = result["sensitivity"]
     print(f"{a.attribute} {src} → {trg}: the DDIM-inverted x_T keeps {s['xT_share']:.1%} of the colour difference "
           f"between A and B (the forward process: {s['forward_process_share']:.1%})")
-    print(f"{'t':>5} {'|Δh|/|h|':>9} {'|Δε|/|ε|':>9}")
+    print(f"{'t':>5} {'|Δh|/|h|':>9} {'|Δε|/|ε|':>9} {'P_t gap':>8}")
     for row in s["steps"]:
-        print(f"{row['t']:>5} {row['h_change']:>9.3f} {row['eps_change']:>9.5f}")
+        print(f"{row['t']:>5} {row['h_change']:>9.3f} {row['eps_change']:>9.5f} {row['p_share']:>8.3f}")
     if not a.no_swap:
-        result["h_swap"] = [h_swap_transfer(unet, a.attribute, src, trg, images, n=2 * a.n, t_edit=a.t_edit)
-                            for images in ("real", "sampled")]
+        result["h_swap"] = [h_swap_transfer(unet, a.attribute, src, trg, images, n=2 * a.n, t_edit=a.t_edit,
+                                            asymmetric=asymmetric)
+                            for images in a.swap_images.split(",") for asymmetric in (False, True)]
         for hs in result["h_swap"]:
-            print(f"h-swap at t ≥ {hs['t_edit']}, {hs['images']} images: {hs['transferred']:.2f} read as {trg}, "
-                  f"{hs['kept']:.2f} still {src} (n = {hs['n']})")
+            kind = "asymmetric" if hs["asymmetric"] else "symmetric"
+            print(f"{kind} h-swap at t ≥ {hs['t_edit']}, {hs['images']} images: {hs['transferred']:.2f} read as "
+                  f"{trg}, {hs['kept']:.2f} still {src} (n = {hs['n']})")
     if a.out:
         from asyrp.io import atomic_json
         atomic_json(a.out, result)

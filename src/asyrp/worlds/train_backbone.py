@@ -121,7 +121,30 @@ def model_config(args) -> dict:
                   image_size=args.image_size)
     if args.skip_resolutions:
         config["skip_resolutions"] = _ints(args.skip_resolutions)
+    if args.h_only_from_t is not None:
+        config["h_only_from_t"] = args.h_only_from_t
     return config
+
+
+def loss_weights(t: torch.Tensor, a: torch.Tensor, h_only_from_t: int | None) -> torch.Tensor:
+    """Per-sample weights of the ε-MSE: 1, except (1 − ᾱ)/ᾱ at t ≥ ``h_only_from_t``, which turns the ε error of an
+    x0 head into the x0 error ‖x̂0 − x0‖² (the ε weighting ᾱ/(1 − ᾱ) of x0 errors is 4e-5 at t = 999)."""
+    w = torch.ones_like(t, dtype=torch.float32)
+    if h_only_from_t is None:
+        return w
+    return torch.where(t >= h_only_from_t, ((1 - a) / a).view(-1).float(), w)
+
+
+def load_init_weights(model, path: str, config: dict) -> dict:
+    """Start from a shipped ddpm.pt (fine-tuning); its config must equal ours apart from ``h_only_from_t``."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    theirs = {k: v for k, v in obj["config"].items() if k != "h_only_from_t"}
+    ours = {k: v for k, v in config.items() if k != "h_only_from_t"}
+    if theirs != ours:
+        raise ValueError(f"--init-from {path} has config {obj['config']}, which differs from {config} in more than "
+                         "h_only_from_t; pass the same network options")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()})
+    return {"path": str(path), "steps": obj.get("meta", {}).get("steps")}
 
 
 def stream_seed(seed: int, step: int) -> int:
@@ -200,6 +223,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-resolutions", default="",
                    help="resolutions whose encoder features reach the decoder, comma separated (default: all, the "
                         "standard U-Net); e.g. 32 keeps only the full-resolution skips, so global content passes h")
+    p.add_argument("--h-only-from-t", type=int, default=None,
+                   help="at t >= this timestep the decoder gets no skip connections and predicts x0 from h alone "
+                        "(ε derived from it; x0-MSE loss there); default: off, the standard U-Net")
+    p.add_argument("--init-from", default=None,
+                   help="start from the weights of a ddpm.pt with the same network options (fine-tuning)")
     p.add_argument("--offset-noise", type=float, default=0.0,
                    help="add a per-image, per-channel constant N(0, s²) to ε during training (\"offset noise\"), so "
                         "the network learns the per-channel mean (DC) of the noise; 0: the plain ε ~ N(0, I)")
@@ -269,7 +297,10 @@ def main(args: argparse.Namespace) -> int:
     config = model_config(args)
     torch.manual_seed(args.seed)
     model = DDPMUNet(config).to(device)
-    if args.antisym_init:
+    init_from = None
+    if args.init_from:
+        init_from = load_init_weights(model, args.init_from, config)
+    elif args.antisym_init:
         init_antisymmetric_output(model)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -307,7 +338,8 @@ def main(args: argparse.Namespace) -> int:
         lr = lr_at(step, args)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = F.mse_loss(model(x_t, t), eps)
+        per_sample = (model(x_t, t) - eps).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * loss_weights(t, a, args.h_only_from_t)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
@@ -341,6 +373,7 @@ def main(args: argparse.Namespace) -> int:
             "parameters": n_params, "h_shape": [model.h_channels, model.h_size, model.h_size],
             "weights": "fp32" if args.fp32 else "fp16", "schedule": "linear 1e-4..0.02, T=1000, eps-prediction",
             "offset_noise": args.offset_noise, "antisym_init": args.antisym_init, "threads": args.threads,
+            "h_only_from_t": args.h_only_from_t, "init_from": init_from,
             "data": "asyrp.worlds.shapes.random_batch(batch, stream_seed(seed, step)), 32x32"}
     obj = export(ema, config, meta, out / "ddpm.pt", fp16=not args.fp32)
     shipped = ddpm_from_checkpoint(obj, device)
