@@ -163,4 +163,8 @@ def test_probe_h_measures_the_shipped_ddpm(tmp_path, capsys):
     assert all(row["h_change"] > 0.05 and 0 < row["eps_change"] < 0.01 for row in s["steps"] if row["t"] >= 500)
     # the predicted x0 does tell red from blue (through the skips): at the last step most of the difference is back
     assert s["steps"][-1]["t"] == 0 and s["steps"][-1]["p_share"] > 0.5
+    # colour is only partly in h: linearly readable well above chance at t = 420 (measured 0.516), near chance at 800
+    lp = result["linear_probe"]
+    assert lp["chance"] == round(1 / 6, 4) and set(lp["accuracy"]) == {"420", "600", "800"}
+    assert lp["accuracy"]["420"] > 2 * lp["chance"] and lp["accuracy"]["800"] < 0.3
     assert "the DDIM-inverted x_T keeps" in capsys.readouterr().out

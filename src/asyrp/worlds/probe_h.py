@@ -9,6 +9,8 @@ For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source v
   ``h_change`` = ‖h_B − h_A‖ / ‖h_A‖: how much the output moves when h alone carries B; and ``p_share``, the
   colour difference between the predicted x0 (P_t) of A's and of B's own unedited paths as a share of that in the
   images: from which t on the prediction — what Asyrp edits — tells the two apart;
+* ``h_linear_probe``: is the attribute in h at all? A ridge-regression read-out of the attribute from h of
+  forward-noised images at a few t, fitted on ``n_train`` images and scored on ``n_test`` others (chance 1/values);
 * the h-swap ceilings of :func:`asyrp.demo.h_swap_transfer`, for real (inverted) and sampled images: symmetric (B's
   ε for the predicted x0 and the direction) and asymmetric (Asyrp's step: only the predicted x0 uses B's h).
 
@@ -71,6 +73,34 @@ def h_sensitivity(unet, attribute: str = "color", src_value: str = "red", trg_va
             "forward_process_share": round(float(D.alpha_bar(alphas, 999).sqrt()), 4), "steps": steps}
 
 
+@torch.no_grad()
+def h_linear_probe(unet, attribute: str = "color", timesteps=(420, 600, 800), n_train: int = 512, n_test: int = 256,
+                   seed: int = 11, ridge: float = 10.0) -> dict:
+    """Held-out accuracy of a linear (ridge, one-hot targets) read-out of ``attribute`` from the flattened h of
+    x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε, per t; features standardised on the training images."""
+    from asyrp import diffusion as D
+    from asyrp.worlds import shapes
+
+    device = next(unet.parameters()).device
+    values = shapes.ATTRIBUTES[attribute]
+    x0, specs = shapes.random_batch(n_train + n_test, seed, unet.image_size)
+    y = torch.tensor([values.index(getattr(s, attribute)) for s in specs])
+    targets = torch.nn.functional.one_hot(y[:n_train], len(values)).double()
+    alphas = D.alphas_cumprod(D.linear_betas())
+    g = torch.Generator().manual_seed(seed)
+    accuracy = {}
+    for t in timesteps:
+        a = D.alpha_bar(alphas, t)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
+        h = torch.cat([unet.encode(c.to(device), t)[0].flatten(1).double().cpu() for c in x_t.split(128)])
+        h = (h - h[:n_train].mean(0)) / (h[:n_train].std(0) + 1e-6)
+        train = h[:n_train]
+        w = torch.linalg.solve(train.T @ train + ridge * torch.eye(h.shape[1], dtype=h.dtype), train.T @ targets)
+        accuracy[t] = round(float(((h[n_train:] @ w).argmax(1) == y[n_train:]).double().mean()), 4)
+    return {"attribute": attribute, "n_train": n_train, "n_test": n_test, "seed": seed, "ridge": ridge,
+            "chance": round(1 / len(values), 4), "accuracy": accuracy}
+
+
 def main(argv: list[str] | None = None) -> int:
     from asyrp.demo import SHAPES_DIRECTIONS, h_swap_transfer
 
@@ -82,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-swap", action="store_true", help="skip the h-swap ceilings (the sampled one takes minutes)")
     p.add_argument("--swap-images", default="real,sampled",
                    help="which h-swap ceilings: real, sampled or both (sampled needs a DDPM that generates the values)")
+    p.add_argument("--probe-train", type=int, default=512, help="images to fit the linear read-out of h")
+    p.add_argument("--probe-test", type=int, default=256, help="held-out images to score it")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="also write the results to this JSON file")
     a = p.parse_args(argv)
@@ -91,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {"ddpm": a.ddpm or "shipped", "config": unet.config,
               "sensitivity": h_sensitivity(unet, a.attribute, src, trg, n=a.n)}
     s = result["sensitivity"]
+    result["linear_probe"] = lp = h_linear_probe(unet, a.attribute, n_train=a.probe_train, n_test=a.probe_test)
     print(f"{a.attribute} {src} → {trg}: the DDIM-inverted x_T keeps {s['xT_share']:.1%} of the colour difference "
           f"between A and B (the forward process: {s['forward_process_share']:.1%})")
     print(f"{'t':>5} {'|Δh|/|h|':>9} {'|Δε|/|ε|':>9} {'P_t gap':>8}")
     for row in s["steps"]:
         print(f"{row['t']:>5} {row['h_change']:>9.3f} {row['eps_change']:>9.5f} {row['p_share']:>8.3f}")
+    print(f"linear read-out of {a.attribute} from h of forward-noised images ({lp['n_test']} held out, chance "
+          f"{lp['chance']:.3f}): " + ", ".join(f"t = {t}: {acc:.3f}" for t, acc in lp["accuracy"].items()))
     if not a.no_swap:
         result["h_swap"] = [h_swap_transfer(unet, a.attribute, src, trg, images, n=2 * a.n, t_edit=a.t_edit,
                                             asymmetric=asymmetric)
