@@ -11,8 +11,9 @@ For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source v
   images: from which t on the prediction — what Asyrp edits — tells the two apart;
 * ``h_linear_probe``: is the attribute in h at all? A ridge-regression read-out of the attribute from h of
   forward-noised images at a few t, fitted on ``n_train`` images and scored on ``n_test`` others (chance 1/values);
-* the h-swap ceilings of :func:`asyrp.demo.h_swap_transfer`, for real (inverted) and sampled images: symmetric (B's
-  ε for the predicted x0 and the direction) and asymmetric (Asyrp's step: only the predicted x0 uses B's h).
+* the h-swap ceilings of :func:`asyrp.demo.h_swap_transfer` (one set of latents for both swaps), for real (inverted)
+  and sampled images: symmetric (B's ε for the predicted x0 and the direction) and asymmetric (Asyrp's step: only
+  the predicted x0 uses B's h).
 
     python -m asyrp.worlds.probe_h                       # the shipped DDPM
     python -m asyrp.worlds.probe_h --ddpm runs/x/checkpoint.pt   # a training checkpoint (its EMA weights)
@@ -55,19 +56,20 @@ def h_sensitivity(unet, attribute: str = "color", src_value: str = "red", trg_va
     def region_colour_gap(a, b):  # per image: ‖mean over the differing pixels of (a − b)‖ over channels
         mask = differs.float()
         return (((a - b) * mask).sum((2, 3)) / mask.sum((2, 3))).norm(dim=1)
-    xT_share = float((region_colour_gap(x_a, x_b) / region_colour_gap(x0_a, x0_b)).mean())
+    image_gap = region_colour_gap(x0_a, x0_b)
+    xT_share = float((region_colour_gap(x_a, x_b) / image_gap).mean())
     for t, t_next in D.generative_pairs(n_steps):
         h_a, skips, temb = unet.encode(x_a, t)
-        h_b = unet.encode(x_b, t)[0]
+        h_b, skips_b, temb_b = unet.encode(x_b, t)
         eps = unet.decode(h_a, skips, temb, x_a, t)
         eps_swapped = unet.decode(h_b, skips, temb, x_a, t)
-        eps_b = unet(x_b, t)
+        eps_b = unet.decode(h_b, skips_b, temb_b, x_b, t)
         a_t, a_next = D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next)
         x_a, p_a = D.ddim_step(x_a, eps, a_t, a_next)
         x_b, p_b = D.ddim_step(x_b, eps_b, a_t, a_next)
         steps.append({"t": t, "h_change": round(float((h_b - h_a).norm() / h_a.norm()), 4),
                       "eps_change": round(float((eps_swapped - eps).norm() / eps.norm()), 6),
-                      "p_share": round(float((region_colour_gap(p_a, p_b) / region_colour_gap(x0_a, x0_b)).mean()), 4)})
+                      "p_share": round(float((region_colour_gap(p_a, p_b) / image_gap).mean()), 4)})
     return {"attribute": attribute, "from": src_value, "to": trg_value, "n": n, "n_steps": n_steps,
             "xT_share": round(xT_share, 4),
             "forward_process_share": round(float(D.alpha_bar(alphas, 999).sqrt()), 4), "steps": steps}
@@ -102,7 +104,7 @@ def h_linear_probe(unet, attribute: str = "color", timesteps=(420, 600, 800), n_
 
 
 def main(argv: list[str] | None = None) -> int:
-    from asyrp.demo import SHAPES_DIRECTIONS, h_swap_transfer
+    from asyrp.demo import SHAPES_DIRECTIONS, h_swap_latents, h_swap_reads
 
     p = argparse.ArgumentParser(prog="python -m asyrp.worlds.probe_h", description=__doc__.split("\n")[0])
     p.add_argument("--ddpm", help="ddpm.pt or a train-backbone checkpoint.pt (default: the shipped DDPM)")
@@ -132,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"linear read-out of {a.attribute} from h of forward-noised images ({lp['n_test']} held out, chance "
           f"{lp['chance']:.3f}): " + ", ".join(f"t = {t}: {acc:.3f}" for t, acc in lp["accuracy"].items()))
     if not a.no_swap:
-        result["h_swap"] = [h_swap_transfer(unet, a.attribute, src, trg, images, n=2 * a.n, t_edit=a.t_edit,
-                                            asymmetric=asymmetric)
-                            for images in a.swap_images.split(",") for asymmetric in (False, True)]
+        result["h_swap"] = []
+        for images in a.swap_images.split(","):  # one set of latents for both kinds of swap
+            x_a, x_b = h_swap_latents(unet, a.attribute, src, trg, images, n=2 * a.n)
+            result["h_swap"] += [h_swap_reads(unet, x_a, x_b, a.attribute, src, trg, images, t_edit=a.t_edit,
+                                              asymmetric=asymmetric) for asymmetric in (False, True)]
         for hs in result["h_swap"]:
             kind = "asymmetric" if hs["asymmetric"] else "symmetric"
             print(f"{kind} h-swap at t ≥ {hs['t_edit']}, {hs['images']} images: {hs['transferred']:.2f} read as "
