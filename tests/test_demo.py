@@ -1,14 +1,15 @@
 """`asyrp demo`: the whole method in the shapes world, from the shipped weights (the integration test of issue 5).
 
-One direction ("a red shape" → "a blue shape", conv block, the demo's defaults at a smaller size) is trained from the
-shipped tiny DDPM and tiny CLIP, then held-out real images are edited and read by the exact attribute reader.
+One direction ("a red shape" → "a blue shape", conv block, the demo's defaults) is trained from the shipped tiny DDPM
+and tiny CLIP, then held-out real images are edited and read by the exact attribute reader.
 
-What was measured (scripts/shapes_study.sh, 3 seeds × conv / pixel_channel, demo defaults; blogpost.md §4): the
-pipeline runs and preserves what the 20-step inversion preserves, but **the edit does not happen in this world**:
-edit success 0 at every strength for every seed and both blocks, on inverted and on sampled images, because the tiny
-DDPM's decoder does not listen to h (`python -m asyrp.worlds.probe_h`: B's h in A's reverse path moves ε by well
-under 1 % and does not transfer the colour). The test records that finding (SUCCESS_MAX) instead of tuning it away;
-a retrained world in which h is semantic must raise it, and the report with it.
+What was measured (`scripts/shapes_study.sh`, 3 seeds, conv block, demo defaults: AdamW 1e-2, λ_L1 = 0.3, t_edit = 500;
+blogpost.md §4): **the edit happens** — edit success at strength 1 is 0.75 / 0.44 / 0.44 for seeds 0 / 1 / 2, 0 at
+strength 0 — **but it does not preserve the rest of the image**: preservation at strength 1 is 0.06 / 0.06 / 0.00
+(shapes turn into blobs; the tiny CLIP cannot see shape), against 0.88 / 0.88 / 0.44 for the plain reconstruction
+(strength 0). The test asserts the first and records the second (PRESERVATION_MAX) instead of tuning it away; a world
+where the edit preserves must raise it, and the report with it. With the original's recipe (SGD 0.5, λ_L1 = 3) the
+block does not move and the success is 0 (the earlier tables of blogpost.md §4).
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ import torch
 from asyrp.cli import main as cli_main
 from asyrp.demo import linearity, run_shapes_demo
 
-PRESERVATION_MIN = 0.3   # at strength 1; measured 0.44 – 0.88 over 3 seeds × 2 blocks (the 20-step reconstruction)
-VALID_MIN = 0.8          # measured 0.94 – 1.0
-SUCCESS_MAX = 0.25       # recorded finding: measured 0.0 for every seed, block and strength
+SUCCESS_MIN = 0.3             # at strength 1; measured 0.44 – 0.75 over 3 seeds (seed 0, run here: 0.75)
+S_DIR_GAIN_MIN = 0.3          # S_dir(1) − S_dir(0); measured 0.53 – 0.78
+RECONSTRUCTION_MIN = 0.3      # preservation at strength 0; measured 0.44 – 0.88
+VALID_MIN = 0.4               # at strength 1; measured 0.50 – 0.88
+PRESERVATION_MAX = 0.25       # recorded finding at strength 1: measured 0.00 – 0.06 for every seed
+DELTA_RATIO_MIN = 10.0        # recorded finding: the learnt ‖Δh‖/‖h‖ is 144 on average for seed 0 — it overwrites h
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("demo")
-    metrics = run_shapes_demo(out, "color", seed=0, n_train=16, n_test=12, strengths=(-1.0, 0.0, 1.0),
-                              progress=False)
+    metrics = run_shapes_demo(out, "color", seed=0, strengths=(-1.0, 0.0, 1.0), progress=False)
     return out, metrics
 
 
@@ -44,15 +47,34 @@ def test_demo_edits_real_images(demo_run):
     for key in ("edit_success", "preservation", "s_dir", "seconds", "direction", "strength", "linearity"):
         assert key in saved, key
     assert saved["direction"]["from"] == "red" and saved["direction"]["to"] == "blue" and saved["strength"] == 1.0
+    assert (saved["optimizer"], saved["lr"], saved["l1_weight"]) == ("adamw", 1e-2, 0.3)
     by_strength = {p["strength"]: p for p in m["per_strength"]}
     # strength 0 is the plain inversion → regeneration: nothing turns blue
     assert by_strength[0.0]["edit_success"] == 0.0
-    assert m["preservation"] >= PRESERVATION_MIN, m["per_strength"]
+    assert by_strength[0.0]["preservation"] >= RECONSTRUCTION_MIN, m["per_strength"]
+    assert m["edit_success"] >= SUCCESS_MIN, m["per_strength"]
+    assert m["s_dir"] - by_strength[0.0]["s_dir"] >= S_DIR_GAIN_MIN, m["per_strength"]
     assert m["valid"] >= VALID_MIN, m["per_strength"]
-    assert m["edit_success"] <= SUCCESS_MAX, ("the edit now works in the shapes world: update SUCCESS_MAX, the "
-                                              "thresholds and blogpost.md §4", m["per_strength"])
+    news = "the edit now preserves shape, size and background: update PRESERVATION_MAX and blogpost.md §4"
+    assert m["preservation"] <= PRESERVATION_MAX, (news, m["per_strength"])
+    assert m["delta_h_ratio"]["mean"] >= DELTA_RATIO_MIN, m["delta_h_ratio"]
+    kept = by_strength[1.0]["kept_by_attribute"]
+    assert set(kept) == {"shape", "size", "background"} and all(0 <= v <= 1 for v in kept.values())
     hs = m["h_swap"]
     assert hs["attribute"] == "color" and hs["n"] == 16 and 0 <= hs["transferred"] <= 1
+
+
+def test_delta_h_ratio_measures_the_block_against_h():
+    from asyrp.demo import delta_h_ratio
+    from asyrp.worlds import shapes
+
+    torch.manual_seed(0)
+    unet = shapes.load_tiny_ddpm("cpu").eval()
+    x_T = torch.randn(2, 3, 32, 32)
+    r = delta_h_ratio(unet, lambda h, temb: 2 * h, x_T, t_edit=500, n_steps=6)
+    assert r == {"mean": 2.0, "min": 2.0, "max": 2.0}
+    r = delta_h_ratio(unet, lambda h, temb: torch.ones_like(h), x_T, t_edit=500, n_steps=6)
+    assert r["min"] < r["max"]  # ‖1‖/‖h‖ varies with h
 
 
 def test_linearity_summary_is_computed_not_assumed():
