@@ -19,6 +19,7 @@ import json
 import pytest
 import torch
 
+from asyrp.cli import UserError
 from asyrp.cli import main as cli_main
 from asyrp.demo import linearity, run_shapes_demo
 
@@ -94,6 +95,8 @@ def test_linearity_summary_is_computed_not_assumed():
 def test_demo_rejects_unknown_values(tmp_path, capsys):
     assert cli_main(["demo", "--out", str(tmp_path), "--direction", "color", "--to", "pink"]) == 2
     assert "'pink' is not a color of the shapes world" in capsys.readouterr().err
+    with pytest.raises(UserError, match="unknown optimizer 'adam'; choose one of adamw, sgd"):
+        run_shapes_demo(tmp_path, "color", optimizer="adam", progress=False)
 
 
 def test_celeba_demo_offline_names_every_missing_file(tmp_path, capsys):

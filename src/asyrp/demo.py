@@ -73,6 +73,8 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     for v in (src_value, trg_value):
         if v not in shapes.ATTRIBUTES[attribute]:
             raise UserError(f"{v!r} is not a {attribute} of the shapes world ({', '.join(shapes.ATTRIBUTES[attribute])})")
+    if optimizer not in SHAPES_LR:
+        raise UserError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(SHAPES_LR)}")
     started = time.perf_counter()
     stage_seconds: dict[str, float] = {}
     stage_start = started
