@@ -212,7 +212,6 @@ def sampled_of_value(unet, fingerprint: str, attribute: str, value: str, n: int,
 
 
 @torch.no_grad()
-@torch.no_grad()
 def delta_h_ratio(unet, block, x_T: torch.Tensor, t_edit: int, n_steps: int) -> dict:
     """‖Δh‖ / ‖h‖ per image along the strength-1 edited path (η = 0) from ``x_T``, at every t ≥ t_edit: how far
     the learnt edit moves h compared with h itself (mean, min and max over images and steps)."""
@@ -230,6 +229,7 @@ def delta_h_ratio(unet, block, x_T: torch.Tensor, t_edit: int, n_steps: int) -> 
     return {"mean": round(float(r.mean()), 4), "min": round(float(r.min()), 4), "max": round(float(r.max()), 4)}
 
 
+@torch.no_grad()
 def h_swap(unet, x_a: torch.Tensor, x_b: torch.Tensor, t_edit: int, n_steps: int,
            asymmetric: bool = False) -> torch.Tensor:
     """Regenerate A from x_a (its x_T) with B's h, taken along B's own reverse path from x_b, replacing A's h at

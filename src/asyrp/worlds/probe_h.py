@@ -11,9 +11,9 @@ For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source v
   images: from which t on the prediction — what Asyrp edits — tells the two apart;
 * ``h_linear_probe``: is the attribute in h at all? A ridge-regression read-out of the attribute from h of
   forward-noised images at a few t, fitted on ``n_train`` images and scored on ``n_test`` others (chance 1/values);
-* the h-swap ceilings of :func:`asyrp.demo.h_swap_transfer` (one set of latents for both swaps), for real (inverted)
-  and sampled images: symmetric (B's ε for the predicted x0 and the direction) and asymmetric (Asyrp's step: only
-  the predicted x0 uses B's h).
+* the h-swap ceilings (:func:`asyrp.demo.h_swap_latents`, then :func:`asyrp.demo.h_swap_reads` on one set of latents
+  for both swaps), for real (inverted) and sampled images: symmetric (B's ε for the predicted x0 and the direction)
+  and asymmetric (Asyrp's step: only the predicted x0 uses B's h).
 
     python -m asyrp.worlds.probe_h                       # the shipped DDPM
     python -m asyrp.worlds.probe_h --ddpm runs/x/checkpoint.pt   # a training checkpoint (its EMA weights)
