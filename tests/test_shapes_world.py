@@ -280,3 +280,31 @@ def test_train_clip_end_to_end_and_resume(tmp_path):
     b = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_train_clip_resnet_tower_logs_zero_shot_progress(tmp_path):
+    """The ResNet image tower (open_clip's ModifiedResNet) trains, exports, reloads strictly, and --eval-every writes
+    the held-out zero-shot accuracy of every attribute into the training log."""
+    out = tmp_path / "rn"
+    args = ["train-clip", "--out", str(out), "--steps", "2", "--vision", "resnet", "--resnet-width", "8",
+            "--eval-every", "2", *CLIP_TINY]
+    assert cli_main(args) == 0
+    records = read_jsonl(out / "clip_train_log.jsonl")
+    probes = [r for r in records if "zero_shot_200" in r]
+    assert [r["step"] for r in probes] == [2]
+    assert set(probes[0]["zero_shot_200"]) == set(shapes.ATTRIBUTES)
+    assert all(0.0 <= v <= 1.0 for v in probes[0]["zero_shot_200"].values())
+    obj = torch.load(out / "clip.pt", weights_only=True)
+    assert obj["config"]["vision"] == {"layers": [1, 1, 1, 1], "width": 8, "head_width": 64}
+    encoder, size = shapes.clip_from_checkpoint(obj)
+    assert size == 32
+    assert type(encoder.model.visual).__name__ == "ModifiedResNet"
+    assert encoder.encode_image(torch.zeros(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_clip_config_rejects_unknown_tower_and_odd_resnet_size():
+    from asyrp.worlds.train_clip import default_config
+    with pytest.raises(ValueError, match="unknown vision tower 'cnn'"):
+        default_config(vision_kind="cnn")
+    with pytest.raises(ValueError, match="divisible by 32, got 48"):
+        default_config(image_size=48, vision_kind="resnet")

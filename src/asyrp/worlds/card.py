@@ -22,6 +22,7 @@ def _pct(v: float) -> str:
 
 
 def _loss_table(records: list[dict], keys: tuple[str, ...], every: int) -> str:
+    records = [r for r in records if all(k in r for k in keys)]  # the log also holds zero-shot probe lines
     rows = [r for r in records if r["step"] % every == 0 or r is records[-1]]
     head = "| step | " + " | ".join(keys) + " | seconds |\n|---:|" + "---:|" * len(keys) + "---:|\n"
     return head + "".join(f"| {r['step']} | " + " | ".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])
@@ -105,6 +106,13 @@ def render_card(ddpm_eval: dict, clip_eval: dict, ddpm_log: list[dict], clip_log
                      f"| {templ[k]['s_dir']:.3f} |")
     lines += ["", "Training loss and in-batch image → text top-1:", "",
               _loss_table(clip_log, ("loss", "i2t_top1"), every=250), ""]
+    probes = [r for r in clip_log if "zero_shot_200" in r]  # written by train-clip --eval-every
+    if probes:
+        keys = list(probes[0]["zero_shot_200"])
+        lines += ["Zero-shot accuracy on 200 held-out images during training (`--eval-every`):", "",
+                  "| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys),
+                  *[f"| {r['step']} | " + " | ".join(_pct(r["zero_shot_200"][k]) for k in keys) + " |"
+                    for r in probes], ""]
     return "\n".join(lines)
 
 

@@ -281,8 +281,8 @@ def checkpoint_or_stop(step: int, args: argparse.Namespace, save_checkpoint, bar
 
 
 def last_logged_loss(log_path: Path) -> float:
-    """Mean loss of the last 10 log lines (NaN without a log): the final loss the shipped file records."""
-    records = read_jsonl(log_path) if log_path.exists() else []
+    """Mean loss of the last 10 loss lines of the log (NaN without any): the final loss the shipped file records."""
+    records = [r for r in read_jsonl(log_path) if "loss" in r] if log_path.exists() else []  # skip probe lines
     return float(np.mean([r["loss"] for r in records[-10:]])) if records else float("nan")
 
 

@@ -1,6 +1,7 @@
 """``asyrp train-clip``: train the tiny CLIP of the shapes world on the CPU.
 
-An open_clip ``CLIP`` built directly from a small config (ViT at 32 px with 4-px patches; a causal text transformer
+An open_clip ``CLIP`` built directly from a small config (image tower: a ViT at 32 px with 4-px patches, or with
+``--vision resnet`` open_clip's ModifiedResNet, the one that learns the shapes' outlines; a causal text transformer
 with the standard open_clip BPE tokenizer of ViT-B-32 at a shorter context length, QuickGELU), trained with a
 symmetric *multi-positive* InfoNCE on (image, caption) pairs: a caption may mention any subset of the four attributes
 ("a red shape", "a large circle on a gray background", "a photo of a triangle." …, half of them wrapped in one of the
@@ -11,7 +12,8 @@ blur augmentation keeps the embeddings stable on generated images and on the blu
 
 Outputs in ``--out``: ``checkpoint.pt`` (resumable state), ``clip_train_log.jsonl``, ``clip.pt`` (the shipped file:
 fp16 weights, config, only the token-embedding rows of tokens seen in training), ``eval.json`` (zero-shot accuracy
-per attribute on held-out images, directional-similarity checks).
+per attribute on held-out images, directional-similarity checks). ``--eval-every N`` also logs the zero-shot accuracy
+on 200 held-out images every N steps, so a run shows when (and whether) it learns each attribute.
 """
 
 from __future__ import annotations
@@ -60,11 +62,22 @@ _SIMPLE_WRAPS = ("a {}", "{}", "a photo of a {}", "a picture of a {}", "an image
 # --------------------------------------------------------------------------------------------------
 
 def default_config(embed_dim: int = 128, width: int = 128, vision_layers: int = 3, text_layers: int = 3,
-                   patch_size: int = 4, context_length: int = 24, image_size: int = 32) -> dict:
+                   patch_size: int = 4, context_length: int = 24, image_size: int = 32, vision_kind: str = "vit",
+                   resnet_width: int = 32) -> dict:
+    """``vision_kind``: "vit" (patches of ``patch_size``) or "resnet" (open_clip's ModifiedResNet, one bottleneck
+    block per stage, stem width ``resnet_width``; a conv tower sees the small shapes' outlines, which the 4-px-patch
+    ViT does not learn to tell apart)."""
+    if vision_kind == "vit":
+        vision = {"layers": vision_layers, "width": width, "head_width": 32, "patch_size": patch_size,
+                  "mlp_ratio": 4.0}
+    elif vision_kind == "resnet":
+        if image_size % 32:
+            raise ValueError(f"a ResNet vision tower needs an image size divisible by 32, got {image_size}")
+        vision = {"layers": [1] * 4, "width": resnet_width, "head_width": 64}
+    else:
+        raise ValueError(f"unknown vision tower {vision_kind!r}: use 'vit' or 'resnet'")
     return {"embed_dim": embed_dim, "image_size": image_size, "context_length": context_length,
-            "tokenizer": "ViT-B-32",
-            "vision": {"layers": vision_layers, "width": width, "head_width": 32, "patch_size": patch_size,
-                       "mlp_ratio": 4.0},
+            "tokenizer": "ViT-B-32", "vision": vision,
             "text": {"layers": text_layers, "width": width, "heads": max(1, width // 32), "mlp_ratio": 4.0,
                      "vocab_size": 49408}}
 
@@ -72,7 +85,10 @@ def default_config(embed_dim: int = 128, width: int = 128, vision_layers: int = 
 def build_clip(cfg: Mapping[str, Any]):
     """open_clip.model.CLIP from a config dict (see :func:`default_config`), QuickGELU, fp32."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-    vision = CLIPVisionCfg(image_size=cfg["image_size"], **cfg["vision"])
+    vision_kw = dict(cfg["vision"])
+    if isinstance(vision_kw["layers"], list):  # a list of per-stage depths selects open_clip's ModifiedResNet
+        vision_kw["layers"] = tuple(vision_kw["layers"])
+    vision = CLIPVisionCfg(image_size=cfg["image_size"], **vision_kw)
     text = CLIPTextCfg(context_length=cfg["context_length"], **cfg["text"])
     return CLIP(cfg["embed_dim"], vision_cfg=vision, text_cfg=text, quick_gelu=True)
 
@@ -268,12 +284,36 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vision-layers", type=int, default=3)
     p.add_argument("--text-layers", type=int, default=3)
     p.add_argument("--patch-size", type=int, default=4)
+    p.add_argument("--vision", dest="vision_kind", choices=("vit", "resnet"), default="vit",
+                   help="image tower: vit (4-px patches) or resnet (open_clip's ModifiedResNet)")
+    p.add_argument("--resnet-width", type=int, default=32, help="stem width of the ResNet tower")
     p.add_argument("--context-length", type=int, default=24,
                    help="token context (the longest template + full caption is 18 tokens)")
     p.add_argument("--image-size", type=int, default=32)
     add_run_arguments(p, log_every=25)
     p.add_argument("--eval-images", type=int, default=1000, help="held-out images for zero-shot accuracy (0: skip)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="log zero-shot accuracy on 200 held-out images every N steps (0: only at the end)")
     p.add_argument("--no-progress", action="store_true")
+
+
+@torch.no_grad()
+def probe_zero_shot(model, tokenizer, image_size: int, n: int = 200, seed: int = 424_242) -> dict:
+    """Zero-shot accuracy per attribute on n held-out rendered images, with the model in eval mode (the training
+    log's progress check; the shipped evaluation uses :func:`evaluate` on 1000)."""
+    model.eval()
+    ds = shapes.ShapesDataset(n, seed, image_size)
+    device = next(model.parameters()).device
+
+    class _Probe:  # not OpenClipEncoder: that one freezes the parameters it wraps, and training goes on after this
+        def encode_image(self, pixels):
+            return model.encode_image(pixels)
+
+        def encode_text(self, texts):
+            return model.encode_text(tokenizer(list(texts)).to(device))
+
+    acc = zero_shot(_Probe(), ds.batch().to(device), [s.attributes for s in ds.specs], image_size)
+    return {k: round(v, 4) for k, v in acc.items()}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -283,7 +323,7 @@ def main(args: argparse.Namespace) -> int:
 
     device, out, ckpt_path, log_path = open_run(args, "clip_train_log.jsonl")
     cfg = default_config(args.embed_dim, args.width, args.vision_layers, args.text_layers, args.patch_size,
-                         args.context_length, args.image_size)
+                         args.context_length, args.image_size, args.vision_kind, args.resnet_width)
     tokenizer = make_tokenizer(cfg)
     torch.manual_seed(args.seed)
     model = build_clip(cfg).to(device)
@@ -349,6 +389,9 @@ def main(args: argparse.Namespace) -> int:
                                     "seconds": round(elapsed, 1)})
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             losses, accs = [], []
+        if args.eval_every and step % args.eval_every == 0:
+            append_jsonl(log_path, {"step": step, "zero_shot_200": probe_zero_shot(model, tokenizer, args.image_size)})
+            model.train()
         if checkpoint_or_stop(step, args, save_checkpoint, bar):
             return 0
     bar.close()
