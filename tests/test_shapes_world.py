@@ -308,3 +308,27 @@ def test_clip_config_rejects_unknown_tower_and_odd_resnet_size():
         default_config(vision_kind="cnn")
     with pytest.raises(ValueError, match="divisible by 32, got 48"):
         default_config(image_size=48, vision_kind="resnet")
+
+
+def test_model_card_skips_probe_lines_and_tabulates_them():
+    """The card is rendered from the shipped eval files and logs; zero-shot probe lines (train-clip --eval-every)
+    stay out of the loss tables and get a table of their own."""
+    import json
+    from importlib import resources
+
+    from asyrp.worlds.card import render_card
+
+    def read(name):
+        with resources.as_file(shapes.resource_path(name)) as path:
+            return json.loads(path.read_text()) if name.endswith(".json") else read_jsonl(path)
+
+    ddpm_eval, clip_eval = read("ddpm_eval.json"), read("clip_eval.json")
+    ddpm_log, clip_log = read("ddpm_train_log.jsonl"), read("clip_train_log.jsonl")
+    plain = render_card(ddpm_eval, clip_eval, ddpm_log, clip_log, "cmd-ddpm", "cmd-clip", "test machine")
+    assert "during training" not in plain
+    probe = {"step": 250, "zero_shot_200": {"color": 1.0, "size": 0.5, "shape": 0.365, "background": 1.0}}
+    last = {"step": clip_log[-1]["step"], "zero_shot_200": dict(probe["zero_shot_200"], shape=1.0)}
+    card = render_card(ddpm_eval, clip_eval, ddpm_log, [*clip_log, probe, last], "cmd-ddpm", "cmd-clip", "test machine")
+    assert card.startswith(plain.rstrip("\n"))  # the loss tables are unchanged by the probe lines
+    assert "| 250 | 100.0 % | 50.0 % | 36.5 % | 100.0 % |" in card
+    assert f"| {clip_log[-1]['step']} | 100.0 % | 50.0 % | 100.0 % | 100.0 % |" in card
