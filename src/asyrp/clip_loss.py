@@ -153,10 +153,12 @@ class CLIPDirection(nn.Module):
 class OpenClipEncoder(nn.Module):
     """open_clip model + tokenizer behind the ``encode_image`` / ``encode_text(list[str])`` interface."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str = "custom"):
+    def __init__(self, model: nn.Module, tokenizer, name: str = "custom", frozen: bool = True):
+        """``frozen=False`` leaves the model's mode and gradients alone (a probe of a CLIP that is still training)."""
         super().__init__()
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.model.eval().requires_grad_(False)
+        if frozen:
+            self.model.eval().requires_grad_(False)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.to(next(self.model.parameters()).dtype))

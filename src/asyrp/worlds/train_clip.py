@@ -297,25 +297,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-@torch.no_grad()
-def probe_zero_shot(model, tokenizer, image_size: int, n: int = 200, seed: int = 424_242) -> dict:
-    """Zero-shot accuracy per attribute on n held-out rendered images, with the model in eval mode (the training
-    log's progress check; the shipped evaluation uses :func:`evaluate` on 1000)."""
-    model.eval()
-    ds = shapes.ShapesDataset(n, seed, image_size)
-    device = next(model.parameters()).device
-
-    class _Probe:  # not OpenClipEncoder: that one freezes the parameters it wraps, and training goes on after this
-        def encode_image(self, pixels):
-            return model.encode_image(pixels)
-
-        def encode_text(self, texts):
-            return model.encode_text(tokenizer(list(texts)).to(device))
-
-    acc = zero_shot(_Probe(), ds.batch().to(device), [s.attributes for s in ds.specs], image_size)
-    return {k: round(v, 4) for k, v in acc.items()}
-
-
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -347,6 +328,10 @@ def main(args: argparse.Namespace) -> int:
         atomic_torch_save({"config": cfg, "model": model.state_dict(), "optimizer": opt.state_dict(),
                            "seen_tokens": seen, "step": step, "seconds": elapsed, "args": vars(args)}, ckpt_path)
 
+    if args.eval_every:  # the progress probe: 200 held-out images, rendered once
+        probe_set = shapes.ShapesDataset(200, 424_242, args.image_size)
+        probe_images, probe_truth = probe_set.batch().to(device), [s.attributes for s in probe_set.specs]
+        probe_encoder = OpenClipEncoder(model, tokenizer, frozen=False)
     model.train()
     losses, accs = [], []
     t_last = time.time()
@@ -390,7 +375,9 @@ def main(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             losses, accs = [], []
         if args.eval_every and step % args.eval_every == 0:
-            append_jsonl(log_path, {"step": step, "zero_shot_200": probe_zero_shot(model, tokenizer, args.image_size)})
+            model.eval()
+            acc = zero_shot(probe_encoder, probe_images, probe_truth, args.image_size)
+            append_jsonl(log_path, {"step": step, "zero_shot_200": {k: round(v, 4) for k, v in acc.items()}})
             model.train()
         if checkpoint_or_stop(step, args, save_checkpoint, bar):
             return 0
