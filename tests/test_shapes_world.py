@@ -221,6 +221,42 @@ def test_train_backbone_end_to_end_and_resume(tmp_path):
         assert torch.equal(a["ema"][k], b["ema"][k]), k
 
 
+def test_train_backbone_object_weight(tmp_path):
+    """--object-weight W: each pixel's squared error is weighted 1 + W × the shape's coverage (the alpha the renderer
+    blends with: the image is bg + alpha (fg − bg)); the first logged loss is that weighted mean, and it is recorded."""
+    from asyrp.worlds import train_backbone as tb
+
+    specs = shapes.sample_specs(3, 5)
+    masks = shapes.object_masks(specs, 16)
+    images = shapes.make_batch(specs, 16)
+    for spec, m, img in zip(specs, masks, images):
+        bg = torch.tensor(shapes.BACKGROUNDS[spec.background]).view(3, 1, 1) / 127.5 - 1
+        fg = torch.tensor(shapes.COLORS[spec.color]).view(3, 1, 1) / 127.5 - 1
+        assert torch.allclose(img, bg + m * (fg - bg), atol=1 / 127.5)
+        assert float(m.min()) == 0.0 and float(m.max()) == 1.0 and 0 < float((m > 0).float().mean()) < 0.8
+
+    init, run = tmp_path / "init", tmp_path / "run"
+    assert cli_main(["train-backbone", "--out", str(init), "--steps", "1", *DDPM_TINY]) == 0
+    assert cli_main(["train-backbone", "--out", str(run), "--steps", "1", "--init-from", str(init / "ddpm.pt"),
+                     "--object-weight", "3", *DDPM_TINY]) == 0
+    assert torch.load(run / "ddpm.pt", weights_only=True)["meta"]["object_weight"] == 3.0
+    start = torch.load(init / "ddpm.pt", weights_only=True)
+    model = DDPMUNet(start["config"]).eval()
+    model.load_state_dict({k: v.float() for k, v in start["state_dict"].items()})
+    s_seed = tb.stream_seed(0, 0)
+    x0, batch_specs = shapes.random_batch(4, s_seed, 16)
+    g = torch.Generator().manual_seed(s_seed)
+    t = torch.randint(0, 1000, (4,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    a = diffusion.alpha_bar(diffusion.alphas_cumprod(diffusion.linear_betas()), t)
+    with torch.no_grad():
+        sq_err = (model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t) - eps).pow(2)
+    weighted = float((sq_err * (1 + 3 * shapes.object_masks(batch_specs, 16))).mean())
+    logged = read_jsonl(run / "ddpm_train_log.jsonl")[0]["loss"]
+    assert abs(logged - weighted) < 1e-3 * max(1.0, weighted)
+    assert abs(logged - float(sq_err.mean())) > 1e-2 * weighted  # the weights matter
+
+
 def test_train_backbone_h_only_fine_tune(tmp_path, capsys):
     """--init-from + --h-only-from-t: the fine-tune starts from the given weights (first logged loss equals the loss of
     those weights on step 0's batch, weighted as x0-MSE at t ≥ h_only_from_t) and ships a model with the key; a

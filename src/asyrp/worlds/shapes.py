@@ -207,6 +207,14 @@ def make_batch(specs: Sequence[ShapeSpec], image_size: int = 32, supersample: in
     return to_tensor(np.stack([render(s, image_size, supersample) for s in specs]))
 
 
+def object_masks(specs: Sequence[ShapeSpec], image_size: int = 32, supersample: int = SUPERSAMPLE) -> torch.Tensor:
+    """(N, 1, S, S) float32: the share of each pixel the shape covers (the alpha :func:`render` blends with)."""
+    k = _scale(image_size)
+    return torch.from_numpy(np.stack([
+        coverage(s.shape, s.cx * k, s.cy * k, SIZES[s.size] * k * k, image_size, supersample) for s in specs
+    ])).float().unsqueeze(1)
+
+
 def random_batch(n: int, seed: int, image_size: int = 32, constraints: Mapping[str, Any] | None = None
                  ) -> tuple[torch.Tensor, list[ShapeSpec]]:
     """A fresh batch (images, specs) from ``seed`` (training streams use seed = f(run seed, step))."""

@@ -135,6 +135,12 @@ def loss_weights(t: torch.Tensor, a: torch.Tensor, h_only_from_t: int | None) ->
     return torch.where(t >= h_only_from_t, ((1 - a) / a).view(-1).float(), w)
 
 
+def pixel_weights(specs, object_weight: float, image_size: int) -> torch.Tensor:
+    """(N, 1, S, S) per-pixel loss weights 1 + ``object_weight`` × the shape's coverage of the pixel (``--object-weight``).
+    At t ≥ h_only_from_t the squared error is that of x0, so the object's colour must then come through h."""
+    return 1.0 + object_weight * shapes.object_masks(specs, image_size)
+
+
 def load_init_weights(model, path: str, config: dict) -> dict:
     """Start from a shipped ddpm.pt (fine-tuning); its config must equal ours apart from ``h_only_from_t``."""
     obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -234,6 +240,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--antisym-init", action="store_true",
                    help="initialise the output head antisymmetrically so it passes the per-image channel means (see "
                         "init_antisymmetric_output); needs ch × ch_mult[0] = 64")
+    p.add_argument("--object-weight", type=float, default=0.0,
+                   help="weight the shape's pixels in the loss: each pixel's squared error is multiplied by 1 + W × "
+                        "(the share of the pixel the shape covers), so that a small object counts as much as the "
+                        "background around it; 0: the plain mean over pixels")
     add_run_arguments(p, log_every=50)
     p.add_argument("--sample-steps", type=int, default=40)
     p.add_argument("--eval-samples", type=int, default=1000, help="generated samples scored by the reader (0: skip)")
@@ -326,7 +336,7 @@ def main(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="train-backbone", dynamic_ncols=True)
     while step < args.steps:
         s_seed = stream_seed(args.seed, step)
-        x0, _ = shapes.random_batch(args.batch_size, s_seed, args.image_size)
+        x0, specs = shapes.random_batch(args.batch_size, s_seed, args.image_size)
         g = torch.Generator().manual_seed(s_seed)
         t = torch.randint(0, diffusion.NUM_TIMESTEPS, (args.batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
@@ -338,7 +348,10 @@ def main(args: argparse.Namespace) -> int:
         lr = lr_at(step, args)
         for group in opt.param_groups:
             group["lr"] = lr
-        per_sample = (model(x_t, t) - eps).pow(2).mean(dim=(1, 2, 3))
+        sq_err = (model(x_t, t) - eps).pow(2)
+        if args.object_weight:
+            sq_err = sq_err * pixel_weights(specs, args.object_weight, args.image_size).to(device)
+        per_sample = sq_err.mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weights(t, a, args.h_only_from_t)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -373,7 +386,7 @@ def main(args: argparse.Namespace) -> int:
             "parameters": n_params, "h_shape": [model.h_channels, model.h_size, model.h_size],
             "weights": "fp32" if args.fp32 else "fp16", "schedule": "linear 1e-4..0.02, T=1000, eps-prediction",
             "offset_noise": args.offset_noise, "antisym_init": args.antisym_init, "threads": args.threads,
-            "h_only_from_t": args.h_only_from_t, "init_from": init_from,
+            "h_only_from_t": args.h_only_from_t, "init_from": init_from, "object_weight": args.object_weight,
             "data": "asyrp.worlds.shapes.random_batch(batch, stream_seed(seed, step)), 32x32"}
     obj = export(ema, config, meta, out / "ddpm.pt", fp16=not args.fp32)
     shipped = ddpm_from_checkpoint(obj, device)
