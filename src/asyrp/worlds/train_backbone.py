@@ -83,10 +83,11 @@ def evaluate(model, n_samples: int = 1000, n_invert: int = 200, n_steps: int = 4
     """Reader validity / attribute distribution of ``n_samples`` DDIM samples, and the reader's accuracy on
     ``n_invert`` real images after DDIM inversion + regeneration (both with ``n_steps`` steps)."""
     size = model.image_size
+    device = next(model.parameters()).device  # noise and images are made on the CPU (seeded), the model may not be
     t0 = time.time()
     result: dict = {"n_steps": n_steps}
     if n_samples:
-        x = ddim_sample(model, fixed_noise(n_samples, noise_seed, size), n_steps)
+        x = ddim_sample(model, fixed_noise(n_samples, noise_seed, size).to(device), n_steps).cpu()
         reads = shapes.read_attributes(x)
         result["samples"] = dict(shapes.summarize_reads(reads), noise_seed=noise_seed,
                                  seconds=round(time.time() - t0, 1))
@@ -96,7 +97,7 @@ def evaluate(model, n_samples: int = 1000, n_invert: int = 200, n_steps: int = 4
         t1 = time.time()
         ds = shapes.ShapesDataset(n_invert, data_seed, size)
         x0 = ds.batch()
-        xr = ddim_sample(model, ddim_invert(model, x0, n_steps), n_steps)
+        xr = ddim_sample(model, ddim_invert(model, x0.to(device), n_steps), n_steps).cpu()
         reads = shapes.read_attributes(xr)
         acc = shapes.attribute_accuracy(reads, [s.attributes for s in ds.specs])
         result["inversion"] = {"n": n_invert, "data_seed": data_seed, "valid": sum(r["valid"] for r in reads) / n_invert,
@@ -166,8 +167,9 @@ def lr_at(step: int, args) -> float:
 
 
 def export(ema_state: dict, config: dict, meta: dict, path: Path, fp16: bool = True) -> dict:
-    """Write the shipped file: {"format", "config", "state_dict" (fp16 unless told), "meta"}."""
-    sd = {k: (v.half() if fp16 and v.is_floating_point() else v.clone()) for k, v in ema_state.items()}
+    """Write the shipped file: {"format", "config", "state_dict" (fp16 unless told; on the CPU, so that a file trained
+    on a GPU loads anywhere), "meta"}."""
+    sd = {k: (v.half() if fp16 and v.is_floating_point() else v).detach().cpu().clone() for k, v in ema_state.items()}
     obj = {"format": FORMAT, "config": config, "state_dict": sd, "meta": meta}
     atomic_torch_save(obj, path)
     return obj
