@@ -11,7 +11,7 @@
 # INIT is the h-only T = 400 model the fine-tunes start from (runs/s5/honly400_ft2/ddpm.pt, blogpost.md §4).
 # Writes into OUT: console.txt, bench.jsonl, one <run>.pt (the exported ddpm.pt) per training, runs.tar (their logs,
 # eval.json and samples.png).
-set -u
+set -euo pipefail  # each step that may fail on its own says so (|| ...), so that the session goes on
 OUT=${OUT:?set OUT}; INIT=${INIT:?set INIT}; BUDGET=${BUDGET:-520}
 PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; BENCH=${BENCH:-1}; BATCH=${BATCH:-128}; CALIB=${CALIB:-100}; EVAL=${EVAL:-200}
 start=$(date +%s)
@@ -43,19 +43,19 @@ for r in "${!ARGS[@]}"; do
       > "$W/$r.out" 2>&1 &
   pids+=($!)
 done
-wait "${pids[@]}"; pids=()
+wait "${pids[@]}" || echo "a calibration run failed (see its .out)"; pids=()
 reserve=50  # export, 200 evaluation samples, copying
 for r in "${!ARGS[@]}"; do
-  rate=$($PY -c "import json,sys; L=[json.loads(l) for l in open(sys.argv[1])]; print((L[-1]['seconds']-L[0]['seconds'])/(L[-1]['step']-L[0]['step']))" "$W/$r/ddpm_train_log.jsonl")
+  rate=$($PY -c "import json,sys; L=[json.loads(l) for l in open(sys.argv[1])]; print((L[-1]['seconds']-L[0]['seconds'])/(L[-1]['step']-L[0]['step']))" "$W/$r/ddpm_train_log.jsonl") || { echo "$r: no calibration log"; continue; }
   steps=$($PY -c "import sys; print(int(sys.argv[4]) + int(0.88 * (int(sys.argv[1]) - int(sys.argv[3])) / float(sys.argv[2])))" "$(left)" "$rate" "$reserve" "$CALIB")
   echo "$r: $rate s/step while calibrating; --steps $steps"
   $PY -m asyrp train-backbone --out "$W/$r" "${COMMON[@]}" ${ARGS[$r]} --steps "$steps" --resume >> "$W/$r.out" 2>&1 &
   pids+=($!)
 done
-running() { for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done; }
+running() { for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done; return 0; }
 while [ -n "$(running)" ] && [ "$(left)" -gt 25 ]; do sleep 2; done
-for pid in $(running); do echo "killing $pid at the deadline"; kill "$pid"; done
-wait "${pids[@]}"
+for pid in $(running); do echo "killing $pid at the deadline"; kill "$pid" || true; done
+wait "${pids[@]}" || echo "a training run failed or was stopped (see its .out)"
 for r in "${!ARGS[@]}"; do
   if [ ! -f "$W/$r/ddpm.pt" ]; then  # interrupted: export the EMA of its last checkpoint, marked as such
     echo "$r: not finished; exporting its last checkpoint"
@@ -63,10 +63,10 @@ for r in "${!ARGS[@]}"; do
 import sys, torch; from pathlib import Path; from asyrp.worlds.train_backbone import export
 ck = torch.load(sys.argv[1], map_location='cpu', weights_only=True)
 export(ck['ema'], ck['config'], {'steps': ck['step'], 'interrupted': True, 'args': ck['args']}, Path(sys.argv[2]))
-print('exported step', ck['step'])" "$W/$r/checkpoint.pt" "$W/$r/ddpm.pt"
+print('exported step', ck['step'])" "$W/$r/checkpoint.pt" "$W/$r/ddpm.pt" || echo "$r: no checkpoint to export"
   fi
-  cp "$W/$r/ddpm.pt" "$OUT/$r.pt"
-  tail -3 "$W/$r.out"
+  cp "$W/$r/ddpm.pt" "$OUT/$r.pt" || true
+  tail -3 "$W/$r.out" || true
 done
 (cd "$W" && tar cf "$OUT/runs.tar" --exclude=checkpoint.pt --exclude=ddpm.pt .)
 
