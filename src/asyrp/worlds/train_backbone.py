@@ -244,8 +244,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "init_antisymmetric_output); needs ch × ch_mult[0] = 64")
     p.add_argument("--object-weight", type=float, default=0.0,
                    help="weight the shape's pixels in the loss: each pixel's squared error is multiplied by 1 + W × "
-                        "(the share of the pixel the shape covers), so that a small object counts as much as the "
-                        "background around it; 0: the plain mean over pixels")
+                        "(the share of the pixel the shape covers), so that errors on the object weigh more than on "
+                        "the background it sits on (a small shape covers 6 %% of the image); 0: the plain mean over "
+                        "pixels")
     add_run_arguments(p, log_every=50)
     p.add_argument("--sample-steps", type=int, default=40)
     p.add_argument("--eval-samples", type=int, default=1000, help="generated samples scored by the reader (0: skip)")
