@@ -22,8 +22,7 @@ import torch
 import asyrp.train as T
 from asyrp import bench
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import tiny_backbone, tiny_clip  # noqa: E402  (the tests' tiny models)
+TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 
 def main(argv=None) -> int:
@@ -35,6 +34,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    sys.path.insert(0, str(TESTS))
+    from conftest import tiny_backbone, tiny_clip  # the tests' tiny models
     build = T.build_delta_block
     scale = {"k": 1.0}
 
