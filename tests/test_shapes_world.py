@@ -221,11 +221,26 @@ def test_train_backbone_end_to_end_and_resume(tmp_path):
         assert torch.equal(a["ema"][k], b["ema"][k]), k
 
 
+def _first_step(ddpm_path, config_overrides=None, n=4, size=16):
+    """The model in ``ddpm_path`` (fp32) and what train-backbone's step 0 draws with seed 0: (model, specs, t, eps, ᾱ_t,
+    x_t), so a test can recompute the first logged loss."""
+    from asyrp.worlds import train_backbone as tb
+
+    start = torch.load(ddpm_path, weights_only=True)
+    model = DDPMUNet({**start["config"], **(config_overrides or {})}).eval()
+    model.load_state_dict({k: v.float() for k, v in start["state_dict"].items()})
+    s_seed = tb.stream_seed(0, 0)
+    x0, specs = shapes.random_batch(n, s_seed, size)
+    g = torch.Generator().manual_seed(s_seed)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    a = diffusion.alpha_bar(diffusion.alphas_cumprod(diffusion.linear_betas()), t)
+    return model, specs, t, eps, a, a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
 def test_train_backbone_object_weight(tmp_path):
     """--object-weight W: each pixel's squared error is weighted 1 + W × the shape's coverage (the alpha the renderer
     blends with: the image is bg + alpha (fg − bg)); the first logged loss is that weighted mean, and it is recorded."""
-    from asyrp.worlds import train_backbone as tb
-
     specs = shapes.sample_specs(3, 5)
     masks = shapes.object_masks(specs, 16)
     images = shapes.make_batch(specs, 16)
@@ -240,17 +255,9 @@ def test_train_backbone_object_weight(tmp_path):
     assert cli_main(["train-backbone", "--out", str(run), "--steps", "1", "--init-from", str(init / "ddpm.pt"),
                      "--object-weight", "3", *DDPM_TINY]) == 0
     assert torch.load(run / "ddpm.pt", weights_only=True)["meta"]["object_weight"] == 3.0
-    start = torch.load(init / "ddpm.pt", weights_only=True)
-    model = DDPMUNet(start["config"]).eval()
-    model.load_state_dict({k: v.float() for k, v in start["state_dict"].items()})
-    s_seed = tb.stream_seed(0, 0)
-    x0, batch_specs = shapes.random_batch(4, s_seed, 16)
-    g = torch.Generator().manual_seed(s_seed)
-    t = torch.randint(0, 1000, (4,), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    a = diffusion.alpha_bar(diffusion.alphas_cumprod(diffusion.linear_betas()), t)
+    model, batch_specs, t, eps, _, x_t = _first_step(init / "ddpm.pt")
     with torch.no_grad():
-        sq_err = (model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t) - eps).pow(2)
+        sq_err = (model(x_t, t) - eps).pow(2)
     weighted = float((sq_err * (1 + 3 * shapes.object_masks(batch_specs, 16))).mean())
     logged = read_jsonl(run / "ddpm_train_log.jsonl")[0]["loss"]
     assert abs(logged - weighted) < 1e-3 * max(1.0, weighted)
@@ -270,16 +277,7 @@ def test_train_backbone_h_only_fine_tune(tmp_path, capsys):
     shipped = torch.load(tuned / "ddpm.pt", weights_only=True)
     assert shipped["config"]["h_only_from_t"] == 500
     assert shipped["meta"]["init_from"] == {"path": str(base / "ddpm.pt"), "steps": 2}
-    start = torch.load(base / "ddpm.pt", weights_only=True)
-    model = DDPMUNet({**start["config"], "h_only_from_t": 500}).eval()
-    model.load_state_dict({k: v.float() for k, v in start["state_dict"].items()})
-    s_seed = tb.stream_seed(0, 0)
-    x0, _ = shapes.random_batch(4, s_seed, 16)
-    g = torch.Generator().manual_seed(s_seed)
-    t = torch.randint(0, 1000, (4,), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    a = diffusion.alpha_bar(diffusion.alphas_cumprod(diffusion.linear_betas()), t)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    model, _, t, eps, a, x_t = _first_step(base / "ddpm.pt", {"h_only_from_t": 500})
     with torch.no_grad():
         per_sample = (model(x_t, t) - eps).pow(2).mean(dim=(1, 2, 3))
     w = tb.loss_weights(t, a, 500)
