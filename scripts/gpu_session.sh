@@ -3,7 +3,8 @@
 #   1. the GPU benchmarks (benchmarks/bench.py with its numerical guard, benchmarks/bench_eval.py on 1000 pairs),
 #      alone on the GPU so that their timings are clean;
 #   2. for the rest of the budget, four shapes-world DDPMs with the h-only decoder (issue 5) trained side by side:
-#      a 20-step calibration of each run's speed, then each run resumed with as many steps as fit before the deadline;
+#      a calibration of each run's speed (CALIB steps, 100 by default), then each run resumed with as many steps as
+#      fit before the deadline;
 #   3. with what is left, bench.py --compile.
 # Usage, in the repository root of the GPU machine:
 #   OUT=DIR INIT=ddpm.pt [BUDGET=SECONDS] bash scripts/gpu_session.sh

@@ -119,10 +119,16 @@ def _scale(image_size: int) -> float:
     return image_size / BASE_SIZE
 
 
+def shape_alpha(spec: ShapeSpec, image_size: int = 32, supersample: int = SUPERSAMPLE) -> np.ndarray:
+    """float64 H×W: the share of each pixel that ``spec``'s shape covers at this image size (what :func:`render`
+    blends the colours with)."""
+    k = _scale(image_size)
+    return coverage(spec.shape, spec.cx * k, spec.cy * k, SIZES[spec.size] * k * k, image_size, supersample)
+
+
 def render(spec: ShapeSpec, image_size: int = 32, supersample: int = SUPERSAMPLE) -> np.ndarray:
     """uint8 H×W×3 image of ``spec`` (``supersample=1``: hard edges). Bit-exact for a given spec."""
-    k = _scale(image_size)
-    alpha = coverage(spec.shape, spec.cx * k, spec.cy * k, SIZES[spec.size] * k * k, image_size, supersample)
+    alpha = shape_alpha(spec, image_size, supersample)
     bg = np.array(BACKGROUNDS[spec.background], dtype=np.float64)
     fg = np.array(COLORS[spec.color], dtype=np.float64)
     img = bg + alpha[..., None] * (fg - bg)
@@ -208,11 +214,8 @@ def make_batch(specs: Sequence[ShapeSpec], image_size: int = 32, supersample: in
 
 
 def object_masks(specs: Sequence[ShapeSpec], image_size: int = 32, supersample: int = SUPERSAMPLE) -> torch.Tensor:
-    """(N, 1, S, S) float32: the share of each pixel the shape covers (the alpha :func:`render` blends with)."""
-    k = _scale(image_size)
-    return torch.from_numpy(np.stack([
-        coverage(s.shape, s.cx * k, s.cy * k, SIZES[s.size] * k * k, image_size, supersample) for s in specs
-    ])).float().unsqueeze(1)
+    """(N, 1, S, S) float32: :func:`shape_alpha` of each spec."""
+    return torch.from_numpy(np.stack([shape_alpha(s, image_size, supersample) for s in specs])).float().unsqueeze(1)
 
 
 def random_batch(n: int, seed: int, image_size: int = 32, constraints: Mapping[str, Any] | None = None
