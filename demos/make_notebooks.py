@@ -106,6 +106,8 @@ def reproduction_plots() -> nbformat.NotebookNode:
             "    display(Image(filename=str(path)))\n"
             "except ValueError as e:\n"
             "    print(e)"),
+        new_markdown_cell("## The numbers behind the plots (S_dir per attribute and strength)"),
+        new_code_cell("tables = report.build_tables(results)\n" + show_tables("sdir_")),
     ])
 
 
@@ -154,6 +156,8 @@ def ablation_plots() -> nbformat.NotebookNode:
             "    path = figures.loss_curves(logs, os.path.join(FIGURES, 'ablation', name), per_image=True,\n"
             "                               smoothing=0.4, command='demos/ablation_plots.ipynb')\n"
             "    display(Image(filename=str(path)))"),
+        new_markdown_cell("## The numbers behind the plots (one row per run and strength)"),
+        new_code_cell("tables = report.build_tables(results)\n" + show_tables("ablation_")),
     ])
 
 

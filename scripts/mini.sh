@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Family "mini": two tiny runs (a trained direction with per-epoch evaluation, a transfer run with a strength
-# sweep) — a smoke test of the whole pipeline on a CPU in minutes. Not a figure of the study.
-# Config: configs/experiments/mini.yaml. Needs a U-Net file and a CLIP file (asyrp.backbones.save_unet / save_clip,
-# e.g. the shapes world's: `asyrp train-backbone`, `asyrp train-clip`), and FID Inception weights for FID.
+# The mini study: `bash scripts/mini.sh` — offline on the shipped shapes world, a few minutes on a 2-core CPU, no
+# download. Two tiny families: mini (a trained direction with per-epoch evaluation, a transfer run with a strength
+# sweep; ablation-style) and mini_reproduction (two shapes-world directions with a strength sweep each;
+# reproduction-style). Their results files are what the four notebooks in demos/ render (tables and figures):
+#   ASYRP_RESULTS="$PWD/runs/mini_reproduction/results.json:$PWD/runs/mini/results.json" jupyter lab demos/
+# Not a figure of the study. Configs: configs/experiments/mini.yaml, mini_reproduction.yaml; other model files
+# (asyrp.backbones.save_unet / save_clip) and FID through the variables below.
 set -euo pipefail
 
 # ---- settings (override from the environment) ----
@@ -11,15 +14,18 @@ export ASYRP_MINI_CLIP="${ASYRP_MINI_CLIP:-shapes}"           # CLIP file (or `s
 export ASYRP_MINI_INCEPTION="${ASYRP_MINI_INCEPTION:-}"       # FID Inception weights; empty: FID off
 export ASYRP_MINI_DEVICE="${ASYRP_MINI_DEVICE:-cpu}"
 RUNS="${RUNS:-runs}"
-CONFIG=configs/experiments/mini.yaml
 
-FID=true
-if [[ -z "$ASYRP_MINI_INCEPTION" ]]; then FID=false; fi
+FID=false
+if [[ -n "$ASYRP_MINI_INCEPTION" ]]; then FID=true; fi
+export ASYRP_MINI_FID="$FID"
 
-# what would run, then everything (a second call skips what is done)
-asyrp run-experiment "$CONFIG" --out "$RUNS" --set evaluate.fid="$FID" --dry-run
-asyrp run-experiment "$CONFIG" --out "$RUNS" --set evaluate.fid="$FID"
-
-# figures and tables
-asyrp figures --results "$RUNS/mini/results.json" --out "$RUNS/mini/figures"
-asyrp report --results "$RUNS/mini/results.json" --out "$RUNS/mini/tables"
+for family in mini_reproduction mini; do
+  # what would run, then everything (a second call skips what is done)
+  asyrp run-experiment "configs/experiments/$family.yaml" --out "$RUNS" --dry-run
+  asyrp run-experiment "configs/experiments/$family.yaml" --out "$RUNS"
+  # figures and tables
+  asyrp figures --results "$RUNS/$family/results.json" --out "$RUNS/$family/figures"
+  asyrp report --results "$RUNS/$family/results.json" --out "$RUNS/$family/tables"
+done
+ROOT="$(cd "$RUNS" && pwd)"
+echo "notebooks: ASYRP_RESULTS=\"$ROOT/mini_reproduction/results.json:$ROOT/mini/results.json\" jupyter lab demos/"

@@ -1,5 +1,6 @@
-"""The demo notebooks run end to end on the tiny study of test_figures_report.py (a python3 kernel of this
-environment, ASYRP_RESULTS / ASYRP_FIGURES in its environment), show tables and figures, and are stored clean."""
+"""The demo notebooks run end to end on the offline mini study (scripts/mini.sh: the families mini and
+mini_reproduction on the shipped shapes world, here with fewer images; a python3 kernel of this environment,
+ASYRP_RESULTS / ASYRP_FIGURES in its environment), each shows a table and a figure, and they are stored clean."""
 
 from __future__ import annotations
 
@@ -9,24 +10,51 @@ import re
 
 import pytest
 
+import torch
+
 from conftest import REPO
-from test_figures_report import shared_study
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 DEMOS = REPO / "demos"
-NOTEBOOKS = {  # notebook -> the family of the study it is run on
-    "reproduction_tables.ipynb": "reproduction",
-    "reproduction_plots.ipynb": "reproduction",
-    "ablation_tables.ipynb": "heads",
-    "ablation_plots.ipynb": "heads",
+NOTEBOOKS = {  # notebook -> the table of the mini study it must show (and every notebook a figure)
+    "reproduction_tables.ipynb": "sdir_mini_reproduction",
+    "reproduction_plots.ipynb": "sdir_mini_reproduction",
+    "ablation_tables.ipynb": "ablation_mini",
+    "ablation_plots.ipynb": "ablation_mini",
 }
+# the mini study of scripts/mini.sh with fewer images and steps (CI time); the family files are the shipped ones
+MINI_STUDY = {"mini_reproduction": ["train.epochs=1", "edit.n_images=2", "edit.n_inv_step=3", "edit.n_test_step=3",
+                                    "train.n_inv_step=3", "train.n_train_step=3"],
+              "mini": ["edit.n_images=2", "edit.n_inv_step=3", "edit.n_test_step=3", "train.n_inv_step=3",
+                       "train.n_train_step=3"]}
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    return shared_study(tmp_path_factory)
+@pytest.fixture(scope="session")
+def mini_study(tmp_path_factory) -> str:
+    """Run the offline mini study once per session; its results files joined by os.pathsep (the notebooks' input)."""
+    from asyrp.experiments import run_experiment
+    root = tmp_path_factory.mktemp("mini_study")
+    env = {"ASYRP_MINI_CACHE": str(root / "cache"), "ASYRP_MINI_DEVICE": "cpu"}
+    saved = {k: os.environ.get(k) for k in (*env, "ASYRP_MINI_BACKBONE", "ASYRP_MINI_CLIP", "ASYRP_MINI_FID")}
+    threads = torch.get_num_threads()
+    os.environ.update(env)
+    for k in ("ASYRP_MINI_BACKBONE", "ASYRP_MINI_CLIP", "ASYRP_MINI_FID"):  # the documented defaults: shapes, no FID
+        os.environ.pop(k, None)
+    torch.set_num_threads(1)  # tiny convolutions: a second thread only adds contention on shared cores
+    try:
+        paths = [run_experiment(REPO / "configs" / "experiments" / f"{family}.yaml", root / "runs",
+                                overrides=overrides, progress=False)["path"]
+                 for family, overrides in MINI_STUDY.items()]
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return os.pathsep.join(paths)
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
@@ -54,9 +82,9 @@ def test_notebooks_match_their_generator(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
-def test_notebook_executes(name, study, tmp_path):
+def test_notebook_executes(name, mini_study, tmp_path):
     nb = nbformat.read(DEMOS / name, as_version=4)
-    env = {**os.environ, "ASYRP_RESULTS": str(study["results"][NOTEBOOKS[name]]),
+    env = {**os.environ, "ASYRP_RESULTS": mini_study,
            "ASYRP_FIGURES": str(tmp_path / "figures"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
@@ -65,11 +93,13 @@ def test_notebook_executes(name, study, tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     shown = {mime for o in outputs if o.output_type == "display_data" for mime in o.get("data", {})}
-    if name.endswith("_tables.ipynb"):
-        assert "text/markdown" in shown
-        markdown = "\n".join(o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
-        assert "quoted" in markdown
-        assert ("N=3" in markdown) if name.startswith("reproduction") else ("| N |" in markdown)
-    else:
-        assert "image/png" in shown
+    assert "image/png" in shown  # a figure
+    markdown = "\n".join(o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
+    rows = [line for line in markdown.splitlines() if re.match(r"^\|.*\|$", line)]
+    assert len(rows) >= 3 and any(re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", line) for line in rows)  # a table
+    assert f"**{NOTEBOOKS[name]}**" in markdown and "quoted" in markdown  # each table quotes the paper below it
+    assert "(N=2)" in markdown if name.startswith("reproduction") else "| 2 |" in markdown  # N = 2 test images
+    if name.endswith("_plots.ipynb"):
         assert list((tmp_path / "figures").rglob("*.json"))  # every figure with its sidecar
+    texts = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "no figure" not in texts and f"no {NOTEBOOKS[name].split('_')[0]}_* table" not in texts
