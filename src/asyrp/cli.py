@@ -3,16 +3,25 @@
     def configure_parser(parser: argparse.ArgumentParser) -> None   # add its arguments
     def main(args: argparse.Namespace) -> int                        # run; return the exit code
 
-and is imported only when its subcommand runs (so ``asyrp --help`` stays fast). Errors that are the user's to fix
-(missing weights, bad files, unknown attributes) are raised as :class:`UserError` or ``ValueError`` subclasses and
-printed as one line with exit code 2; anything else is a bug and keeps its traceback.
+and is imported only when its subcommand runs (so ``asyrp --help`` stays fast). :func:`main` is the one place that
+turns errors into messages, so that no traceback reaches a user:
+
+- bad input — an argument argparse rejects, :class:`UserError`, ``ValueError`` (missing weights, bad files, unknown
+  attributes, out-of-range values), a missing file — one line ``asyrp CMD: error: ...`` on stderr, exit code 2;
+- an environment fault — disk full, permission denied, read-only file system, any other ``OSError`` — one line
+  naming the file and the fix, exit code 1 (what was written stays complete: every file is renamed into place);
+- a closed stdout (``asyrp train --list-attributes | head``) — silent, exit code 1, as other Unix tools;
+- anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
+import warnings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,6 +45,26 @@ class UserError(Exception):
     """An error the user can fix; printed as one line, exit code 2."""
 
 
+class UsageError(UserError):
+    """An argument argparse rejects (raised instead of argparse's usage block + exit, so main() prints one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument raises :class:`UsageError` (one line) instead of printing the whole usage."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# what to do about an environment fault, by errno
+FAULT_FIXES = {errno.ENOSPC: "free disk space or choose another --out, then run the command again (finished files "
+                             "are kept)",
+               errno.EDQUOT: "free space within your quota or choose another --out, then run the command again",
+               errno.EACCES: "check the permissions of that path or choose another --out",
+               errno.EPERM: "check the permissions of that path or choose another --out",
+               errno.EROFS: "the file system is read-only: choose another --out"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyrp", description="Asyrp: semantic editing in the h-space of a frozen "
                                      "diffusion model. `asyrp demo` runs everything offline on a CPU.")
@@ -54,24 +83,88 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        _error("", f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (see asyrp --help)")
+        return 2
     if not argv or argv[0] not in COMMANDS:
-        args = parser.parse_args(argv)  # handles --help / --version / unknown commands
+        args = parser.parse_args(argv)  # handles --help / --version
         parser.print_help()
         return 0 if args.command is None and not argv else 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"asyrp {name}", description=COMMANDS[name][1])
+    sub = _Parser(prog=f"asyrp {name}", description=COMMANDS[name][1])
     module.configure_parser(sub)
-    args = sub.parse_args(argv[1:])
     try:
-        return int(module.main(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(name)
+            args = sub.parse_args(argv[1:])
+            code = int(module.main(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+            return code
     except KeyboardInterrupt:
         print("asyrp: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError) as e:
-        message = " ".join(str(e).split())  # always one line
-        print(f"asyrp {name}: error: {message}", file=sys.stderr)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        _error(name, str(e) if not isinstance(e, OSError) else _os_message(e))
         return 2
+    except OSError as e:
+        fix = FAULT_FIXES.get(e.errno)
+        _error(name, _os_message(e) + (f"; {fix}" if fix else ""))
+        return 1
+
+
+def at_least(low: int):
+    """An argparse ``type``: an integer >= ``low`` (checked before any work, reported as one line)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _one_line_warning(name: str):
+    """``warnings.showwarning`` for the CLI: ``asyrp NAME: warning: MESSAGE`` without the source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"asyrp {name}: warning: {text}", file=file or sys.stderr)
+    return show
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars an error interrupted, so that the message starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _error(name: str, message: str) -> None:
+    """``asyrp NAME: error: MESSAGE`` on stderr; a message of several lines (a list of missing files) keeps them."""
+    _close_progress_bars()
+    lines = [" ".join(line.split()) for line in message.splitlines() if line.strip()] or ["(no message)"]
+    print(f"{' '.join(filter(None, ('asyrp', name)))}: error: " + "\n  ".join(lines), file=sys.stderr)
+
+
+def _os_message(e: OSError) -> str:
+    """"<strerror>: <file>" (not Python's "[Errno 28] ..." form)."""
+    what = e.strerror or str(e)
+    return f"{what}: {e.filename}" if e.filename else what
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout went away: point stdout at /dev/null so that the interpreter's final flush does not
+    raise a second BrokenPipeError (the recipe of the Python docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a real file (a test's capture): nothing will flush into a closed pipe
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = 
         kwargs: dict[str, Any] = dict(default=None, dest=prefix + f.name, help=help.get(f.name))
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif tp is list and f.name in getattr(cls, "NUMERIC_LISTS", ()):
+            kwargs.update(type=parse_numbers, metavar="X,Y,...")
         elif tp is list:
             kwargs.update(type=_parse_list, metavar="A,B,...")
         else:
@@ -59,6 +61,22 @@ def _parse_list(text: str) -> list:
         except ValueError:
             out.append(part)
     return out
+
+
+def parse_numbers(text: str) -> list:
+    """"-1,0.5,1" → [-1, 0.5, 1]; anything else is an argparse error (one line, before any work)."""
+    values = _parse_list(text)
+    bad = [v for v in values if not isinstance(v, (int, float))]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas (e.g. -1,0.5,1), got {text!r}")
+    return values
+
+
+def _check_numbers(cls, name: str, value) -> None:
+    """A field listed in ``cls.NUMERIC_LISTS`` (from a YAML file or a dict) holds numbers only."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if value is not None and any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ValueError(f"{cls.__name__}.{name}: expected a list of numbers (e.g. [-1, 0.5, 1]), got {value!r}")
 
 
 def overrides_from_args(cls, args: argparse.Namespace, prefix: str = "") -> dict:
@@ -85,6 +103,8 @@ def from_dict(cls, data: Mapping[str, Any]):
     kwargs = {}
     for k, v in data.items():
         tp = _base_type(hints[k])
+        if k in getattr(cls, "NUMERIC_LISTS", ()):
+            _check_numbers(cls, k, v)
         if dataclasses.is_dataclass(tp) and isinstance(v, Mapping):
             v = tp.from_dict(v) if hasattr(tp, "from_dict") else from_dict(tp, v)
         elif tp is list and isinstance(v, tuple):

@@ -405,7 +405,8 @@ def take(dataset: Dataset, n: int | None = None, start: int = 0) -> Subset:
     if n is not None and n < 0:
         raise DataError(f"n must be >= 0, got {n}")
     if stop > total:
-        raise DataError(f"asked for {n} images from index {start}, but {dataset!r} has only {total}")
+        raise DataError(f"asked for {n} images from index {start}, but {dataset!r} has only {total}: ask for at "
+                        f"most {total - start} (--n / n_images)")
     return Subset(dataset, range(start, stop))
 
 

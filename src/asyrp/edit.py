@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +35,7 @@ from asyrp.plots import save_png, save_rows
 
 @dataclass
 class EditConfig:
+    NUMERIC_LISTS: ClassVar[tuple[str, ...]] = ("coefficients", "strengths", "interpolate")  # checked by asyrp.config
     directions: list = field(default_factory=list)   # delta checkpoints (ours, official *_LC_*.pth, asyrp-<attr>)
     coefficients: list | None = None                 # per direction; default 1/√k for k > 1 directions
     strengths: list = field(default_factory=lambda: [1.0])  # a sweep (e.g. -1,-0.5,0,0.5,1) writes one folder each

@@ -1,13 +1,16 @@
 """Small I/O helpers shared by the workflow: atomic writes, hashing, JSON(L), devices.
 
 Every file a run depends on is written to a temporary name in the same folder and renamed into place, so a killed
-process never leaves a half-written file under the final name.
+process (or a full disk) never leaves a half-written file under the final name. The file gets the permissions of a
+plain ``open()`` under the process's umask (usually 0644), not the temporary file's 0600, so a group can share an
+inversion cache or a run folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -15,9 +18,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 minus the umask (read without changing it: /proc, else
+    a set-and-restore)."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed."""
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path`` with the umask's permissions (not
+    mkstemp's 0600), on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -25,7 +41,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or e.filename == str(tmp):  # name the file the user knows (a full disk: no name)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -45,10 +66,13 @@ def atomic_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save, atomically. Serialised in memory first: torch's own file writer turns a full disk into
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, a plain write raises OSError(ENOSPC)."""
     import torch  # imported here so that light commands (asyrp download --list) start fast
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:

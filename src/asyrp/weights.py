@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Mapping
 
 from asyrp.cli import UserError
-from asyrp.io import atomic_json, atomic_path, sha256_file
+from asyrp.io import atomic_json, atomic_path, default_file_mode, sha256_file
 
 DEFAULT_TIMEOUT_S = 60.0  # per socket operation, not for the whole file
 CHUNK_BYTES = 1 << 20
@@ -390,7 +390,7 @@ def _download_verified(spec: WeightSpec, url: str, target: Path, progress: bool,
             raise ConnectionError(f"connection closed after {received} of {expected_bytes} bytes")
         hexdigest = digest.hexdigest()
         how = _check_digest(spec, hexdigest, f"the download from {url}")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; the cache may be shared
     return hexdigest, how
 
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asyrp.io import atomic_torch_save
+
 KINDS = ("conv", "pixel", "channel", "pixel_channel", "channel_pixel")
 TIME_EMBEDDINGS = ("add", "mult", "adagn", "none")
 NORMS = ("group", "instance")
@@ -264,10 +266,7 @@ class CheckpointError(ValueError):
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)  # no partial file on a full disk, the umask's permissions
 
 
 def save_delta_block(block: DeltaBlock, path: str | os.PathLike, **meta) -> Path:
