@@ -56,6 +56,16 @@ def show_figures(sections: tuple[str, ...], source: str) -> str:
     )
 
 
+def plot_metric_vs_strength(folder: str, source: str) -> str:
+    return (
+        "try:\n"
+        f"    out = os.path.join(FIGURES, {folder!r}, 'all_metric_vs_strength.png')\n"
+        f"    path = figures.metric_vs_strength(results, out, command={source!r})\n"
+        "    display(Image(filename=str(path)))\n"
+        "except ValueError as e:\n"
+        "    print(e)")
+
+
 def reproduction_tables() -> nbformat.NotebookNode:
     return new_notebook(cells=[
         new_markdown_cell(
@@ -84,6 +94,8 @@ def reproduction_tables() -> nbformat.NotebookNode:
             "    print(f\"{run['name']} has no eval file\")"),
         new_markdown_cell("## Published numbers (quoted)"),
         new_code_cell("display(Markdown(tables['anchors']))"),
+        new_markdown_cell("## The tables as a plot: S_dir (± std) and FID against the edit strength"),
+        new_code_cell(plot_metric_vs_strength("reproduction", "demos/reproduction_tables.ipynb")),
     ])
 
 
@@ -99,13 +111,7 @@ def reproduction_plots() -> nbformat.NotebookNode:
         new_markdown_cell("## Every reproduction figure these results support"),
         new_code_cell(show_figures(("reproduction", "shapes"), "demos/reproduction_plots.ipynb")),
         new_markdown_cell("## S_dir (± std) and FID against the edit strength, all families together"),
-        new_code_cell(
-            "try:\n"
-            "    out = os.path.join(FIGURES, 'reproduction', 'all_metric_vs_strength.png')\n"
-            "    path = figures.metric_vs_strength(results, out, command='demos/reproduction_plots.ipynb')\n"
-            "    display(Image(filename=str(path)))\n"
-            "except ValueError as e:\n"
-            "    print(e)"),
+        new_code_cell(plot_metric_vs_strength("reproduction", "demos/reproduction_plots.ipynb")),
         new_markdown_cell("## The numbers behind the plots (S_dir per attribute and strength)"),
         new_code_cell("tables = report.build_tables(results)\n" + show_tables("sdir_")),
     ])
@@ -130,6 +136,8 @@ def ablation_tables() -> nbformat.NotebookNode:
             "    items = report.entries(res)\n"
             "    print(f\"{res['family']}: varies {', '.join(report.varied_tags(items)) or 'nothing'}; \"\n"
             "          f\"{report.family_style(items)} tables\")"),
+        new_markdown_cell("## The tables as a plot: S_dir (± std) and FID against the edit strength"),
+        new_code_cell(plot_metric_vs_strength("ablation", "demos/ablation_tables.ipynb")),
     ])
 
 

@@ -97,7 +97,8 @@ def test_notebook_executes(name, mini_study, tmp_path):
     markdown = "\n".join(o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
     rows = [line for line in markdown.splitlines() if re.match(r"^\|.*\|$", line)]
     assert len(rows) >= 3 and any(re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", line) for line in rows)  # a table
-    assert f"**{NOTEBOOKS[name]}**" in markdown and "quoted" in markdown  # each table quotes the paper below it
+    assert f"**{NOTEBOOKS[name]}**" in markdown
+    assert "quoted" in markdown or name.endswith("_plots.ipynb")  # the tables notebooks quote the paper too
     assert "(N=2)" in markdown if name.startswith("reproduction") else "| 2 |" in markdown  # N = 2 test images
     if name.endswith("_plots.ipynb"):
         assert list((tmp_path / "figures").rglob("*.json"))  # every figure with its sidecar
