@@ -19,6 +19,7 @@ from asyrp.backbones import load_backbone, save_clip, save_unet
 from asyrp.cli import main as cli
 from asyrp.inversion import InversionSettings, cache_dir, precompute
 from asyrp.models.delta import build_delta_block, save_delta_block
+from asyrp.plots import grid, load_png
 from conftest import REPO, TINY_CLIP_CFG, tiny_backbone, tiny_clip
 
 
@@ -68,7 +69,15 @@ def test_end_to_end_cli(env, capsys):
     assert names == ["face0.png", "face1.png"]
     for folder in ("reconstructed", "edited_s-1.00", "edited_s+0.00", "edited_s+1.00"):
         assert sorted(p.name for p in (out / folder).glob("*.png")) == names
-    assert (out / "grid.png").exists()
+    # grid.png: the images under their column labels (original, reconstruction, strengths), one row per image name
+    folders = ["original", "reconstructed", "edited_s-1.00", "edited_s+0.00", "edited_s+1.00"]
+    expected = grid([[load_png(out / f / f"face{i}.png") for f in folders] for i in range(2)],
+                    col_labels=["original", "reconstruction", "s=-1.00", "s=+0.00", "s=+1.00"],
+                    row_labels=["face0", "face1"])
+    assert np.array_equal(np.asarray(Image.open(out / "grid.png")), expected)
+    preview = np.asarray(Image.open(sorted((run / "previews").glob("*.png"))[0]))
+    assert preview.shape == grid([torch.zeros(2, 3, 16, 16)] * 3, col_labels=["face0", "face1"],
+                                 row_labels=["original", "reconstruction", "edit s=1"]).shape
     record = json.loads((out / "edit.json").read_text())
     assert [s["weights"] for s in record["settings"]] == [[-1.0], [0.0], [1.0]]  # n_train 6 / n_test 6
     # strength 0 is the reconstruction (same boost noise), strength 1 is not

@@ -175,9 +175,11 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     # figures: the grid of edit, and one row per test image across strengths
     import shutil
     shutil.copyfile(out / "edit" / "grid.png", out / "grid.png")
-    folders = ["original"] + [p["folder"] for p in sorted(per_strength, key=lambda p: p["strength"])]
+    ordered = sorted(per_strength, key=lambda p: p["strength"])
+    folders = ["original"] + [p["folder"] for p in ordered]
     save_rows(out / "sweep.png", [[load_png(out / "edit" / f / f"{n}.png") for f in folders]
-                                  for n in record["images"][:8]])
+                                  for n in record["images"][:8]],
+              col_labels=["original"] + [f"s={p['strength']:+.2f}" for p in ordered], row_labels=record["images"][:8])
     return metrics
 
 
@@ -362,7 +364,7 @@ def run_celeba_demo(out: Path, n: int = 4, seed: int = 0, n_steps: int = 40, wei
     names = [e["name"] for e in entries]
     rows = [[load_png(out / attributes[0] / "original" / f"{nm}.png")] +
             [load_png(out / a / "edited" / f"{nm}.png") for a in attributes] for nm in names]
-    return save_rows(out / "grid.png", rows)
+    return save_rows(out / "grid.png", rows, col_labels=["original", *attributes], row_labels=names)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

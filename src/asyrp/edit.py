@@ -30,7 +30,7 @@ from asyrp.attributes import attribute_table
 from asyrp.cli import UserError
 from asyrp.io import atomic_json, default_device
 from asyrp.models.delta import CheckpointError, DeltaBlockConfig, load_delta_block
-from asyrp.plots import save_png, save_rows
+from asyrp.plots import folder_label, save_png, save_rows
 
 
 @dataclass
@@ -215,7 +215,8 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         from asyrp.plots import load_png
         shown = [entries[i]["name"] for i in order[:8]]
         folders = ["original", "reconstructed"] + [s["folder"] for s in settings]
-        save_rows(out_dir / "grid.png", [[load_png(out_dir / f / f"{n}.png") for f in folders] for n in shown])
+        save_rows(out_dir / "grid.png", [[load_png(out_dir / f / f"{n}.png") for f in folders] for n in shown],
+                  col_labels=[folder_label(f) for f in folders], row_labels=shown)
         record["images"] = [e["name"] for e in entries]
         record["grid_columns"] = folders
         atomic_json(out_dir / "edit.json", record)

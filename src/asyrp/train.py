@@ -500,7 +500,8 @@ def write_preview(path: Path, session: Session, entries, idx) -> None:
                                t_edit=res.t_edit, t_boost=res.t_boost, noise_generators=gens,
                                ignore_timestep=cfg.ignore_timestep)
     rows = [torch.stack([entries[i]["x0"] for i in idx]), torch.stack([entries[i]["x_rec"] for i in idx]), edited.cpu()]
-    save_rows(path, rows)
+    save_rows(path, rows, col_labels=[str(entries[i].get("name", i)) for i in idx],
+              row_labels=["original", "reconstruction", "edit s=1"])
     block.train(was_training)
 
 
