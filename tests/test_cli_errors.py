@@ -73,7 +73,7 @@ ROWS = [
         ("No space left on device", "free disk space", "finished files are kept"), fault="enospc"),
     Row("precompute: read-only cache folder", ["precompute", "--backbone", "shapes", "--data", "sampled", "--n", "1",
                                                "--n-inv-step", "2", "--cache", "{T}/cache"], 1,
-        ("Read-only file system", "choose another --out"), fault="erofs"),
+        ("Read-only file system", "write to another folder"), fault="erofs"),
     # asyrp demo
     Row("demo: unknown block kind", ["demo", "--kind", "nosuch", "--out", "{T}/d"], 2,
         ("argument --kind", "invalid choice: 'nosuch'", "pixel_channel")),

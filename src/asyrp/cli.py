@@ -57,12 +57,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 # what to do about an environment fault, by errno
-FAULT_FIXES = {errno.ENOSPC: "free disk space or choose another --out, then run the command again (finished files "
-                             "are kept)",
-               errno.EDQUOT: "free space within your quota or choose another --out, then run the command again",
-               errno.EACCES: "check the permissions of that path or choose another --out",
-               errno.EPERM: "check the permissions of that path or choose another --out",
-               errno.EROFS: "the file system is read-only: choose another --out"}
+FAULT_FIXES = {errno.ENOSPC: "free disk space or write to another folder, then run the command again (finished "
+                             "files are kept)",
+               errno.EDQUOT: "free space within your quota or write to another folder, then run the command again",
+               errno.EACCES: "check the permissions of that path or write to another folder",
+               errno.EPERM: "check the permissions of that path or write to another folder",
+               errno.EROFS: "the file system is read-only: write to another folder"}
 
 
 def build_parser() -> argparse.ArgumentParser:
