@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from asyrp.cli import UserError
 from asyrp.cli import main as cli_main
 from asyrp.demo import linearity, run_shapes_demo
+from asyrp.plots import grid, load_png
 
 SUCCESS_MIN = 0.3             # at strength 1; measured 0.44 – 0.75 over 3 seeds (seed 0, run here: 0.75)
 S_DIR_GAIN_MIN = 0.3          # S_dir(1) − S_dir(0); measured 0.53 – 0.78
@@ -43,6 +46,12 @@ def test_demo_edits_real_images(demo_run):
     out, m = demo_run
     for name in ("grid.png", "sweep.png", "metrics.json"):
         assert (out / name).is_file(), name
+    # sweep.png: one labelled row per test image across the strengths
+    names = json.loads((out / "edit" / "edit.json").read_text())["images"][:8]
+    folders = ["original", "edited_s-1.00", "edited_s+0.00", "edited_s+1.00"]
+    expected = grid([[load_png(out / "edit" / f / f"{n}.png") for f in folders] for n in names],
+                    col_labels=["original", "s=-1.00", "s=+0.00", "s=+1.00"], row_labels=names)
+    assert np.array_equal(np.asarray(Image.open(out / "sweep.png")), expected)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(m))
     for key in ("edit_success", "preservation", "s_dir", "seconds", "direction", "strength", "linearity"):
@@ -101,11 +110,12 @@ def test_demo_rejects_unknown_values(tmp_path, capsys):
 
 def test_celeba_demo_offline_names_every_missing_file(tmp_path, capsys):
     assert cli_main(["demo", "--world", "celeba", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "needs 3 file(s)" in err
-    for name in ("celeba_hq.ckpt", "smiling_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth",
-                 "pixar_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth"):
-        assert name in err
+    lines = capsys.readouterr().err.strip().splitlines()  # a short line per missing file, then the fix
+    assert len(lines) == 5 and all(len(line) <= 200 for line in lines), lines
+    assert "needs 3 weights file(s)" in lines[0] and "asyrp download ddpm-celeba-hq asyrp-smiling asyrp-pixar" in lines[4]
+    for line, name in zip(lines[1:4], ("celeba_hq.ckpt", "smiling_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth",
+                                       "pixar_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth")):
+        assert line.startswith(f"  {name} (")
 
 
 def test_h_swap_with_its_own_h_is_plain_sampling_and_other_h_changes_the_path():
