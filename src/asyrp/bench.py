@@ -462,7 +462,7 @@ def format_table(record: dict) -> str:
     g = record.get("guard")
     if g:
         lines.append(f"guard: {'PASSED' if g['passed'] else 'FAILED'} — " + ", ".join(
-            f"{k} {c['value']:.3g} ({'≥' if k == 'delta_h_cosine' else '≤'} {c['bound']:.3g})"
+            f"{k} {c['value']:.4g} ({'≥' if k.startswith('delta_h_cosine') else '≤'} {c['bound']:.4g})"
             for k, c in g["checks"].items()))
         lines += [f"guard warning: {w}" for w in g.get("warnings", [])]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from asyrp import config as C
 from asyrp import diffusion as D
+from asyrp import fast
 from asyrp import sampling
 from asyrp.attributes import attribute_table
 from asyrp.cli import UserError
@@ -56,7 +57,8 @@ class EditConfig:
     c0: float = 1.0                                  # multiplier of h (reference: hs_coeff_origin_h)
     seed: int = 0                                    # boost noise, per image
     batch_size: int = 8
-    precision: str = "fp32"
+    precision: str = "fp32"                          # fp32 | bf16 | fp16 (autocast of the U-Net; DDIM maths in fp32)
+    compile: bool | None = False                     # torch.compile the U-Net halves (None: on CUDA only)
     delta_config: str | None = None                  # for extension files: "kind=pixel_channel,heads=8,..."
     device: str | None = None
 
@@ -184,7 +186,8 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
     mine = distributed.shard(order) if distributed is not None else order
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)
     blocks = [d.block for d in directions]
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else _null()
+    amp = fast.autocast(device, cfg.precision)
+    unet = fast.maybe_compiled(unet, fast.resolve_compile(cfg.compile, device))  # one graph for every timestep
     bar = tqdm(total=len(mine), desc="edit", unit="img", disable=not (progress and is_main))
     for start in range(0, len(mine), cfg.batch_size):
         idx = mine[start:start + cfg.batch_size]
@@ -218,14 +221,6 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         record["grid_columns"] = folders
         atomic_json(out_dir / "edit.json", record)
     return record
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------------------------------

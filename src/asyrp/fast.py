@@ -77,14 +77,14 @@ class CompiledUNet(nn.Module):
     batch size or gradient mode (the training step's no-grad plain pass vs its edited pass) is a graph of its own.
     """
 
-    def __init__(self, unet: nn.Module, mode: str = "default"):
+    def __init__(self, unet: nn.Module, mode: str = "default", backend: str = "inductor"):
         super().__init__()
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {mode!r} is not one of {COMPILE_MODES}")
         use_compile_cache()
         self.unet = unet
         self.mode = mode
-        kwargs = dict(dynamic=False, mode=None if mode == "default" else mode)
+        kwargs = dict(dynamic=False, backend=backend, mode=None if mode == "default" else mode)
         self._encode = torch.compile(unet.encode, **kwargs)
         self._decode = torch.compile(unet.decode, **kwargs)
 

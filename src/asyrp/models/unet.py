@@ -87,7 +87,9 @@ class GroupNorm32(nn.GroupNorm):
     this is exactly ``nn.GroupNorm`` (same parameters, same state-dict keys)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
