@@ -5,6 +5,9 @@ Every block is  in_layer → time-embedding step → out_layer, where
 * in_layer / out_layer are a 1×1 conv (``conv``), or transformer encoders over pixel tokens (``pixel``: H·W tokens
   of width C), channel tokens (``channel``: C tokens of width H·W), or both in either order
   (``pixel_channel``, ``channel_pixel``);
+* ``adm``: the iDDPM / ADM block of the AFHQ-dog and MetFaces directions, GroupNorm → SiLU → 1×1 conv, + Linear(
+  swish(temb)), GroupNorm → SiLU → dropout → 1×1 conv (keys ``in_layers.{0,2}``, ``emb_layers.1``, ``out_layers.{0,3}``;
+  only ``add`` / ``none`` time embeddings, group norm and SiLU);
 * the time-embedding step is  act(norm(z + P(swish(temb))))  for ``add``, act(norm(z ⊙ P(swish(temb)))) for
   ``mult``, act(AdaGroupNorm(z, temb)) for ``adagn``, and act(norm(z)) for ``none``;
   ``norm`` is GroupNorm(32) (``group``) or per-channel GroupNorm(C) (``instance``), ``act`` is SiLU/GELU/ReLU.
@@ -29,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS = ("conv", "pixel", "channel", "pixel_channel", "channel_pixel")
+from asyrp.models.adm import GroupNorm32
+
+KINDS = ("conv", "pixel", "channel", "pixel_channel", "channel_pixel", "adm")
 TIME_EMBEDDINGS = ("add", "mult", "adagn", "none")
 NORMS = ("group", "instance")
 ACTIVATIONS = ("silu", "gelu", "relu")
@@ -68,7 +73,10 @@ class DeltaBlockConfig:
                               ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DeltaBlockConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
-        if self.kind != "conv":
+        if self.kind == "adm" and (self.time_embedding not in ("add", "none") or self.norm != "group"
+                                   or self.activation != "silu"):
+            raise ValueError("an adm delta block has time_embedding add or none, norm group and activation silu")
+        if self.kind not in ("conv", "adm"):
             widths = {"pixel": [self.channels], "channel": [self.spatial_size ** 2]}
             for width in widths.get(self.kind, [self.channels, self.spatial_size ** 2]):
                 if width % self.heads:
@@ -228,6 +236,30 @@ class DeltaBlock(nn.Module):
         return self._out(z)
 
 
+class ADMDeltaBlock(nn.Module):
+    """The iDDPM / ADM delta block (the original's ``DeltaBlock`` of models/improved_ddpm/unet.py): unlike the DDPM
+    block it normalises h before the first conv. Norms are GroupNorm(32) in float32, eps 1e-5, as in that U-Net."""
+
+    def __init__(self, cfg: DeltaBlockConfig):
+        super().__init__()
+        self.config = c = cfg
+        self.in_layers = nn.Sequential(GroupNorm32(c.channels), nn.SiLU(), nn.Conv2d(c.channels, c.channels, 1))
+        if cfg.time_embedding == "add":
+            self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(c.temb_channels, c.channels))
+        self.out_layers = nn.Sequential(GroupNorm32(c.channels), nn.SiLU(), nn.Dropout(c.dropout),
+                                        nn.Conv2d(c.channels, c.channels, 1))
+        if cfg.zero_init:
+            with torch.no_grad():
+                self.out_layers[3].weight.zero_()
+                self.out_layers[3].bias.zero_()
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        z = self.in_layers(h)
+        if temb is not None and hasattr(self, "emb_layers"):
+            z = z + self.emb_layers(temb).type(z.dtype)[:, :, None, None]
+        return self.out_layers(z)
+
+
 def build_delta_block(cfg: DeltaBlockConfig | Mapping[str, Any] | None = None, **overrides) -> DeltaBlock:
     """Build a fresh block from a config (a :class:`DeltaBlockConfig`, a dict, or keyword overrides)."""
     if cfg is None:
@@ -236,7 +268,7 @@ def build_delta_block(cfg: DeltaBlockConfig | Mapping[str, Any] | None = None, *
         cfg = DeltaBlockConfig.from_dict(cfg)
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
-    return DeltaBlock(cfg)
+    return ADMDeltaBlock(cfg) if cfg.kind == "adm" else DeltaBlock(cfg)
 
 
 def seed_config(ctor_kwargs: Mapping[str, Any], spatial_size: int = 8) -> DeltaBlockConfig:
@@ -324,11 +356,15 @@ def _strict_load(block: DeltaBlock, state: Mapping[str, torch.Tensor], path: Pat
     block.load_state_dict(state, strict=True)
 
 
+ADM_KEYS = {f"{layer}.{p}" for layer in ("in_layers.0", "in_layers.2", "out_layers.0", "out_layers.3")
+            for p in ("weight", "bias")}
+
+
 def _infer_legacy_config(state: Mapping[str, torch.Tensor], path: Path) -> DeltaBlockConfig:
     keys = set(state)
-    if "in_layers.0.weight" in keys:
-        raise CheckpointError(f"{path}: an iDDPM/ADM-style Asyrp delta block (AFHQ / MetFaces backbones), "
-                              "which this package does not support; use a DDPM-style (CelebA-HQ, LSUN) checkpoint")
+    if keys == ADM_KEYS | {"emb_layers.1.weight", "emb_layers.1.bias"}:  # the released dog_* / metface_* files
+        return DeltaBlockConfig(kind="adm", channels=state["in_layers.2.weight"].shape[0],
+                                temb_channels=state["emb_layers.1.weight"].shape[1])
     if keys == {"conv1.weight", "conv1.bias", "temb_proj.weight", "temb_proj.bias", "norm2.weight", "norm2.bias",
                 "conv2.weight", "conv2.bias"}:
         c = state["conv1.weight"].shape[0]
@@ -365,7 +401,7 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
         if config is not None and config != stored:
             raise CheckpointError(f"{path}: checkpoint was trained as {'; '.join(stored.diff(config))} "
                                   "(stored vs requested); drop the conflicting options or use a matching checkpoint")
-        block, state, meta, what = DeltaBlock(stored), obj["state_dict"], dict(obj.get("meta", {})), "stored weights"
+        block, state, meta, what = build_delta_block(stored), obj["state_dict"], dict(obj.get("meta", {})), "stored weights"
     else:
         if isinstance(obj, Mapping) and "0" in obj and isinstance(obj["0"], Mapping):
             state, what = obj["0"], "entry '0'"  # official / extension training checkpoint
@@ -375,7 +411,7 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
             raise CheckpointError(f"{path}: not a delta-block checkpoint (top-level keys "
                                   f"{sorted(map(str, obj))[:6] if isinstance(obj, Mapping) else type(obj).__name__}); "
                                   "pass an asyrp, official *_LC_*.pth or extension delta-block file")
-        block = DeltaBlock(config if config is not None else _infer_legacy_config(state, path))
+        block = build_delta_block(config if config is not None else _infer_legacy_config(state, path))
         meta = {"source_format": "legacy"}
     _strict_load(block, state, path, what)
     block.eval()

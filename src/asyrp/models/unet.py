@@ -145,7 +145,55 @@ class Upsample(nn.Module):
         return self.conv(x) if hasattr(self, "conv") else x
 
 
-class DDPMUNet(nn.Module):
+class HSpaceUNet(nn.Module):
+    """A U-Net split at h: subclasses provide ``encode(x, t) -> (h, skips, temb)`` and ``decode(h, skips, temb, x, t)
+    -> ε``; this class builds ``forward`` and the editing pass on them (shared by DDPMUNet and the ADM U-Net)."""
+
+    default_delta_kind = "conv"  # the delta block of the released directions for this family
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
+        h, skips, temb = self.encode(x, t)
+        return self.decode(h, skips, temb, x, t)
+
+    def forward_edit(self, x: torch.Tensor, t: torch.Tensor | float | int, delta_block: nn.Module | None,
+                     t_edit: int, c0: float = 1.0, c1: float = 1.0, ignore_timestep: bool = False,
+                     need_eps: bool = True):
+        """(ε, ε̃, h, Δh) from one encoder pass and up to two decoder passes.
+
+        ``t`` is a (B,) tensor of per-sample timesteps, or one Python number for the whole batch (then nothing waits
+        for the device). The edit h̃ = c0·h + c1·Δh applies **per sample** where t ≥ t_edit; elsewhere ε̃ = ε (the second
+        decoder runs only on the samples that are edited). Δh = f(h, temb) is the unscaled block output
+        for the whole batch, or ``None`` when no sample is edited. ``ignore_timestep`` calls the block
+        with temb = None. ``need_eps=False`` skips the plain decoder and returns ε = None (the last
+        training step does not use it).
+        """
+        h, skips, temb = self.encode(x, t)
+        batch = x.shape[0]
+        if delta_block is None:
+            n_edit = 0
+        elif isinstance(t, (int, float)):  # one timestep for the batch: decided on the host, no device sync
+            n_edit = batch if t >= t_edit else 0
+        else:
+            t = torch.as_tensor(t, device=x.device)
+            edit = (t.expand(batch) if t.dim() == 0 else t) >= t_edit
+            n_edit = int(edit.sum())  # a host sync: decides which decoders run on which samples
+        if n_edit == 0 and not need_eps:
+            raise ValueError("forward_edit with need_eps=False needs at least one edited sample")
+        eps = self.decode(h, skips, temb, x, t) if (need_eps or n_edit < batch) else None
+        if n_edit == 0:
+            return eps, eps, h, None
+        delta_h = delta_block(h, None if ignore_timestep else temb)
+        h_edit = c0 * h + c1 * delta_h
+        if n_edit == batch:
+            eps_edited = self.decode(h_edit, skips, temb, x, t)
+        else:
+            idx = edit.nonzero(as_tuple=True)[0]
+            eps_sub = self.decode(h_edit[idx], [s[idx] for s in skips], temb[idx], x[idx], t[idx])
+            eps_edited = eps.index_copy(0, idx, eps_sub)
+        return eps, eps_edited, h, delta_h
+
+
+class DDPMUNet(HSpaceUNet):
     """ε-prediction U-Net with a reachable bottleneck. ``config``: see :data:`CONFIG_KEYS`."""
 
     def __init__(self, config: Mapping[str, Any]):
@@ -268,47 +316,6 @@ class DDPMUNet(nn.Module):
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
-        h, skips, temb = self.encode(x, t)
-        return self.decode(h, skips, temb, x, t)
-
-    def forward_edit(self, x: torch.Tensor, t: torch.Tensor | float | int, delta_block: nn.Module | None,
-                     t_edit: int, c0: float = 1.0, c1: float = 1.0, ignore_timestep: bool = False,
-                     need_eps: bool = True):
-        """(ε, ε̃, h, Δh) from one encoder pass and up to two decoder passes.
-
-        ``t`` is a (B,) tensor of per-sample timesteps, or one Python number for the whole batch (then nothing waits
-        for the device). The edit h̃ = c0·h + c1·Δh applies **per sample** where t ≥ t_edit; elsewhere ε̃ = ε (the second
-        decoder runs only on the samples that are edited). Δh = f(h, temb) is the unscaled block output
-        for the whole batch, or ``None`` when no sample is edited. ``ignore_timestep`` calls the block
-        with temb = None. ``need_eps=False`` skips the plain decoder and returns ε = None (the last
-        training step does not use it).
-        """
-        h, skips, temb = self.encode(x, t)
-        batch = x.shape[0]
-        if delta_block is None:
-            n_edit = 0
-        elif isinstance(t, (int, float)):  # one timestep for the batch: decided on the host, no device sync
-            n_edit = batch if t >= t_edit else 0
-        else:
-            t = torch.as_tensor(t, device=x.device)
-            edit = (t.expand(batch) if t.dim() == 0 else t) >= t_edit
-            n_edit = int(edit.sum())  # a host sync: decides which decoders run on which samples
-        if n_edit == 0 and not need_eps:
-            raise ValueError("forward_edit with need_eps=False needs at least one edited sample")
-        eps = self.decode(h, skips, temb, x, t) if (need_eps or n_edit < batch) else None
-        if n_edit == 0:
-            return eps, eps, h, None
-        delta_h = delta_block(h, None if ignore_timestep else temb)
-        h_edit = c0 * h + c1 * delta_h
-        if n_edit == batch:
-            eps_edited = self.decode(h_edit, skips, temb, x, t)
-        else:
-            idx = edit.nonzero(as_tuple=True)[0]
-            eps_sub = self.decode(h_edit[idx], [s[idx] for s in skips], temb[idx], x[idx], t[idx])
-            eps_edited = eps.index_copy(0, idx, eps_sub)
-        return eps, eps_edited, h, delta_h
 
 
 # --------------------------------------------------------------------------------------------------
