@@ -190,6 +190,7 @@ class ADMUNet(HSpaceUNet):
     """iDDPM / ADM U-Net with a reachable bottleneck. ``config``: create_model arguments (see :func:`adm_config`)."""
 
     default_delta_kind = "adm"  # the released dog_* / metface_* directions are ADM-style delta blocks
+    checkpoint_layout = "iDDPM / guided-diffusion"
 
     def __init__(self, config: Mapping[str, Any]):
         super().__init__()

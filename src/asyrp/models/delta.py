@@ -21,6 +21,7 @@ block from it and refuses a block of another configuration.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import zipfile
@@ -30,6 +31,8 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from asyrp.models.adm import GroupNorm32
@@ -305,13 +308,41 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def save_delta_block(block: DeltaBlock, path: str | os.PathLike, **meta) -> Path:
     """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically (temp file + rename).
 
-    ``meta`` holds JSON-like extras (attribute, texts, t_edit, training step, ...).
+    ``meta`` holds JSON-like extras (attribute, texts, t_edit, training step, ...). A ``.safetensors`` path writes
+    the tensors as safetensors with format, version, config and meta as JSON strings in its metadata (a file other
+    tools can read without unpickling).
     """
     path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in block.state_dict().items()}
+    if path.suffix == ".safetensors":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={
+            "format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
+            "config": json.dumps(block.config.to_dict()), "meta": json.dumps(dict(meta))})
+        os.replace(tmp, path)
+        return path
     _atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                   "config": block.config.to_dict(), "state_dict": state, "meta": dict(meta)}, path)
     return path
+
+
+def _read_safetensors(path: Path) -> dict:
+    """A ``.safetensors`` delta block as the dict :func:`save_delta_block` writes with ``torch.save``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:120]}); "
+                              "re-export it") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        return state  # tensors only: a bare state dict
+    try:
+        return {"format": meta["format"], "version": int(meta["version"]), "config": json.loads(meta["config"]),
+                "state_dict": state, "meta": json.loads(meta.get("meta", "{}"))}
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: broken asyrp metadata in the safetensors header ({e}); re-export it") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -379,7 +410,9 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
     """Load a delta block from
 
     * a checkpoint of this project (config inside; ``config``, if given, must equal it);
-    * an official Asyrp ``*_LC_*.pth`` (``{"0": state_dict, "optimizer", "scheduler"}``; conv, ``add``);
+    * the same exported to ``.safetensors`` (config in the metadata);
+    * an official Asyrp ``*_LC_*.pth`` (``{"0": state_dict, "optimizer", "scheduler"}``; conv ``add``, or the
+      ``adm`` block of the dog_* / metface_* files);
     * an extension (seed fork) checkpoint or bare state dict: the file does not say its heads or time
       embedding, so ``config`` is required for anything but the conv layout.
 
@@ -388,7 +421,7 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
     path = Path(path)
     if config is not None and not isinstance(config, DeltaBlockConfig):
         config = DeltaBlockConfig.from_dict(config)
-    obj = read_checkpoint(path)
+    obj = _read_safetensors(path) if path.suffix == ".safetensors" and path.is_file() else read_checkpoint(path)
     meta: dict = {}
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         if obj.get("version") != CHECKPOINT_VERSION:

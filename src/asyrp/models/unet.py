@@ -326,9 +326,9 @@ class BackboneLoadError(ValueError):
     """A backbone checkpoint does not fit the network; the message names the file, the keys and the fix."""
 
 
-def load_backbone_state_dict(model: DDPMUNet, state_dict: Mapping[str, torch.Tensor], source: str = "<state dict>",
+def load_backbone_state_dict(model: HSpaceUNet, state_dict: Mapping[str, torch.Tensor], source: str = "<state dict>",
                              allow_prefixes: tuple[str, ...] = ("layer_",)) -> None:
-    """Strictly load a ddim-layout state dict. Only keys under ``allow_prefixes`` (Asyrp's ``layer_i.*``
+    """Strictly load a state dict (ddim layout for DDPMUNet, original key names for ADMUNet). Only keys under ``allow_prefixes`` (Asyrp's ``layer_i.*``
     delta blocks, which some files carry) may be extra; anything else missing or unexpected is an error."""
     state_dict = dict(state_dict)
     if state_dict and all(k.startswith("module.") for k in state_dict):
@@ -343,6 +343,7 @@ def load_backbone_state_dict(model: DDPMUNet, state_dict: Mapping[str, torch.Ten
         for name, keys in (("missing", missing), ("unexpected", extra), ("shape mismatch", wrong)):
             if keys:
                 parts.append(f"{len(keys)} {name}: {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''}")
-        raise BackboneLoadError(f"{source} does not fit DDPMUNet{model.config} — {'; '.join(parts)}. "
-                                "Check that the file is the ddim-layout checkpoint for this config.")
+        raise BackboneLoadError(f"{source} does not fit {type(model).__name__}{model.config} — {'; '.join(parts)}. "
+                                f"Check that the file is the {getattr(model, 'checkpoint_layout', 'ddim-layout')} "
+                                "checkpoint for this config.")
     model.load_state_dict({k: state_dict[k] for k in own}, strict=True)
