@@ -519,7 +519,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.add_argument("--attr", dest="attribute", help="attribute name from the table (e.g. smiling)")
     p.add_argument("--list-attributes", action="store_true", help="print the attribute table and exit")
-    p.add_argument("--unet-config", help="YAML `model:` block for a bare state-dict backbone file")
+    p.add_argument("--unet-config", help="YAML `model:` block (or create_model arguments) for a bare state-dict backbone file")
     p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")
     C.add_arguments(p, TrainConfig, skip=("attribute", "delta"))
     g = p.add_argument_group("delta block (default: the official conv block)")
