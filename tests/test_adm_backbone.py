@@ -95,8 +95,8 @@ def test_afhq_dog_train_and_edit_end_to_end(afhq_env):
     assert run["resolved"]["delta"]["kind"] == "adm" and run["resolved"]["t_edit"] > 0
     assert (run["resolved"]["delta"]["channels"], run["resolved"]["delta"]["temb_channels"]) == (64, 128)
     block = load_delta_block(env / "run" / "delta.pt")
-    assert set(block.state_dict()) == {f"{m}.{p}" for m in ("in_layers.0", "in_layers.2", "emb_layers.1",
-                                                              "out_layers.0", "out_layers.3") for p in ("weight", "bias")}
+    layers = ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3")
+    assert set(block.state_dict()) == {f"{m}.{p}" for m in layers for p in ("weight", "bias")}
     assert cli(["edit", *common, "--cache-dir", str(env / "cache"), "--direction", str(env / "run" / "delta.pt"),
                 "--data", str(env / "afhq"), "--split", "val", "--n-images", "2", "--n-inv-step", "4",
                 "--n-test-step", "4", "--strengths=0,1", "--t-boost", "200", "--out", str(env / "edit")]) == 0
@@ -134,7 +134,8 @@ def test_afhq_and_metfaces_layouts(tmp_path):
 
 
 def test_direction_exported_to_safetensors(tmp_path):
-    block = load_delta_block(FIXTURES / "adm" / "official_blocks" / "metface_smiling_LC_metfaces_t999_ninv40_ngen40_0.pth")
+    official = FIXTURES / "adm" / "official_blocks" / "metface_smiling_LC_metfaces_t999_ninv40_ngen40_0.pth"
+    block = load_delta_block(official)
     path = save_delta_block(block, tmp_path / "metface_smiling.safetensors", attribute="metface_smiling", t_edit=396)
     assert path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
     loaded, meta = load_delta_block(path, return_meta=True)

@@ -551,8 +551,8 @@ def open_images(spec: str | os.PathLike | Dataset, image_size: int, split: Any =
     """Open an image source as a dataset of item dicts.
 
     ``spec``: a folder of images (or one image file) → :class:`ImageFolder`; an AFHQ or MetFaces root → its images
-    of ``split`` (see :mod:`asyrp.layouts`); an LMDB folder (has data.mdb) → :class:`LMDBImages`; a folder holding ``LMDB_train``/``LMDB_test`` → the LMDB named by ``split``; an existing
-    dataset is used as it is.
+    of ``split`` (see :mod:`asyrp.layouts`); an LMDB folder (has data.mdb) → :class:`LMDBImages`; a folder holding
+    ``LMDB_train``/``LMDB_test`` → the LMDB named by ``split``; an existing dataset is used as it is.
     ``split``: a plain name ("train", "test": ``LMDB_<name>`` or the subfolder ``<name>``), or a split file and
     part, as ``"splits.json:test"`` or ``("splits.json", "test")``, selecting those names in the file's order.
     ``n``/``start``: then keep ``n`` items from ``start`` (see :func:`take`).

@@ -4,8 +4,8 @@
   (the root mixes splits and species) and the images are those of ``<split>/dog`` (``<split>/cat`` etc. by naming
   the folder itself, or with ``--split train/cat``).
 * MetFaces (``metfaces/images/*.png``, maybe beside ``unprocessed/`` and ``metfaces.json``; a root with no other
-  image files or folders): the aligned images in ``images/``. The original kept the last 500 files of its listing as the test set; here ``test`` is the last 500 in
-  sorted order and ``train`` the rest.
+  image files or folders): the aligned images in ``images/``. The original kept the last 500 files of its listing
+  as the test set; here ``test`` is the last 500 in sorted order and ``train`` the rest.
 
 :func:`find_layout` only looks at folder names (nothing is decoded); :func:`asyrp.data.open_images` applies it.
 """

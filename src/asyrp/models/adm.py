@@ -121,7 +121,8 @@ class ResBlock(nn.Module):
                  use_scale_shift_norm: bool, up: bool = False, down: bool = False):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
         self.updown = up or down
         if self.updown:  # parameter-free resampling of both the features and the skip
             self.h_upd, self.x_upd = Resample(channels, up, False), Resample(channels, up, False)

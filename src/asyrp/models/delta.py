@@ -434,7 +434,8 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
         if config is not None and config != stored:
             raise CheckpointError(f"{path}: checkpoint was trained as {'; '.join(stored.diff(config))} "
                                   "(stored vs requested); drop the conflicting options or use a matching checkpoint")
-        block, state, meta, what = build_delta_block(stored), obj["state_dict"], dict(obj.get("meta", {})), "stored weights"
+        block, state, what = build_delta_block(stored), obj["state_dict"], "stored weights"
+        meta = dict(obj.get("meta", {}))
     else:
         if isinstance(obj, Mapping) and "0" in obj and isinstance(obj["0"], Mapping):
             state, what = obj["0"], "entry '0'"  # official / extension training checkpoint

@@ -156,7 +156,8 @@ def load_diffusers_unet(folder: str | os.PathLike | None = None, config_path: st
     config_path = Path(config_path) if config_path is not None else folder / CONFIG_NAME
     weights_path = Path(weights_path) if weights_path is not None else _weights_file(folder)
     if not config_path.is_file():
-        raise DiffusersFormatError(f"{config_path}: no such file; a diffusers folder has {CONFIG_NAME} beside the weights")
+        raise DiffusersFormatError(f"{config_path}: no such file; a diffusers folder has {CONFIG_NAME} beside "
+                                   "the weights")
     try:
         dconf = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

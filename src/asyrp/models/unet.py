@@ -328,8 +328,9 @@ class BackboneLoadError(ValueError):
 
 def load_backbone_state_dict(model: HSpaceUNet, state_dict: Mapping[str, torch.Tensor], source: str = "<state dict>",
                              allow_prefixes: tuple[str, ...] = ("layer_",)) -> None:
-    """Strictly load a state dict (ddim layout for DDPMUNet, original key names for ADMUNet). Only keys under ``allow_prefixes`` (Asyrp's ``layer_i.*``
-    delta blocks, which some files carry) may be extra; anything else missing or unexpected is an error."""
+    """Strictly load a state dict (ddim layout for DDPMUNet, original key names for ADMUNet). Only keys under
+    ``allow_prefixes`` (Asyrp's ``layer_i.*`` delta blocks, which some files carry) may be extra; anything else
+    missing or unexpected is an error."""
     state_dict = dict(state_dict)
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}  # saved from DataParallel
