@@ -12,10 +12,12 @@ import torch
 from PIL import Image
 
 from asyrp import backbones, weights
+from asyrp import diffusion as D
 from asyrp.attributes import get_attribute
-from asyrp.backbones import save_clip
+from asyrp.backbones import fingerprint, save_clip
 from asyrp.cli import main as cli
 from asyrp.data import DataError, open_images
+from asyrp.models.adm import ADMUNet
 from asyrp.models.delta import load_delta_block, save_delta_block
 from conftest import FIXTURES, TINY_CLIP_CFG, load_fixture, tiny_clip
 
@@ -62,6 +64,13 @@ def test_missing_checkpoint_names_file_and_place(tmp_path, monkeypatch, capsys):
     assert "metface_p2.pt" in err and "cannot be downloaded automatically" in err and "download it in a browser" in err
 
 
+def _reduced_unet() -> ADMUNet:
+    reduced = load_fixture("adm/reduced_unets.pt")["iddpm"]
+    unet = ADMUNet.from_create_model(**reduced["create_model_kwargs"])
+    unet.load_state_dict(reduced["state_dict"], strict=True)
+    return unet
+
+
 @pytest.fixture()
 def afhq_env(tmp_path, monkeypatch):
     """The reduced iDDPM U-Net as afhq_dog_4m.pt in a weights folder, afhq-dog pointed at its config, a tiny CLIP
@@ -91,8 +100,11 @@ def test_afhq_dog_train_and_edit_end_to_end(afhq_env):
                 "--n-images", "2", "--n-train-step", "4", "--attr", "dog_happy", "--lr", "0.1",
                 "--batch-size", "2", "--out", str(env / "run")]) == 0
     run = json.loads((env / "run" / "config.json").read_text())
-    # t_edit from the afhq LPIPS table; the ADM delta block on h = 64 × 8 × 8 with temb 128
-    assert run["resolved"]["delta"]["kind"] == "adm" and run["resolved"]["t_edit"] > 0
+    # t_edit from the afhq LPIPS table (not celeba's); the ADM delta block on h = 64 × 8 × 8 with temb 128
+    res = run["resolved"]
+    assert res["t_edit"] == D.select_t_edit(res["text_cosine"], "afhq", 0.33) != \
+        D.select_t_edit(res["text_cosine"], "celeba", 0.33)
+    assert res["delta"]["kind"] == "adm" and res["backbone_sha256"] == fingerprint(_reduced_unet())
     assert (run["resolved"]["delta"]["channels"], run["resolved"]["delta"]["temb_channels"]) == (64, 128)
     block = load_delta_block(env / "run" / "delta.pt")
     layers = ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3")
