@@ -128,6 +128,26 @@ def test_released_direction_fits_only_its_backbone(afhq_env, capsys):
     assert "checkpoint of another architecture" in _err(capsys)
 
 
+def test_adm_unet_files(tmp_path):
+    """An ADM U-Net saved with save_unet loads from its config; a bare original state dict needs create_model
+    arguments, and gets a one-line error naming the missing keys when they do not fit."""
+    unet = _reduced_unet()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = unet(x, 700)
+    backbones.save_unet(unet, tmp_path / "adm.pt")
+    assert backbones.load_backbone(str(tmp_path / "adm.pt")).fingerprint == fingerprint(unet)
+    torch.save(unet.state_dict(), tmp_path / "bare.pt")
+    kwargs = load_fixture("adm/reduced_unets.pt")["iddpm"]["create_model_kwargs"]
+    with torch.no_grad():
+        assert torch.equal(backbones.load_backbone(str(tmp_path / "bare.pt"), config=kwargs).unet(x, 700), ref)
+    with pytest.raises(backbones.CheckpointError, match="create_model arguments"):
+        backbones.load_backbone(str(tmp_path / "bare.pt"))
+    with pytest.raises(ValueError, match="does not fit ADMUNet.*28 missing: input_blocks.5.1.norm.weight.*"
+                                         "iDDPM / guided-diffusion checkpoint"):
+        backbones.load_backbone(str(tmp_path / "bare.pt"), config={**kwargs, "attention_resolutions": "16,8"})
+
+
 def test_afhq_and_metfaces_layouts(tmp_path):
     _images(tmp_path / "afhq" / "train" / "dog", 3, ".jpg")
     _images(tmp_path / "afhq" / "train" / "cat", 2, ".jpg")

@@ -523,7 +523,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unet-config", help="YAML `model:` block or create_model arguments, for a bare state-dict backbone")
     p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")
     C.add_arguments(p, TrainConfig, skip=("attribute", "delta"))
-    g = p.add_argument_group("delta block (default: the official conv block)")
+    g = p.add_argument_group("delta block (default: the backbone's official block, conv or adm for iDDPM / ADM)")
     C.add_arguments(g, DeltaBlockConfig, skip=("channels", "spatial_size", "temb_channels", "skip_norm_without_temb"),
                     prefix="delta_")
 
