@@ -1,4 +1,5 @@
-"""Delta blocks f(h, temb) → Δh: the official 1×1-conv block and the transformer family of the extension study.
+"""Delta blocks f(h, temb) → Δh: the official 1×1-conv blocks (DDPM and iDDPM / ADM backbones) and the transformer
+family of the extension study.
 
 Every block is  in_layer → time-embedding step → out_layer, where
 
@@ -263,7 +264,8 @@ class ADMDeltaBlock(nn.Module):
         return self.out_layers(z)
 
 
-def build_delta_block(cfg: DeltaBlockConfig | Mapping[str, Any] | None = None, **overrides) -> DeltaBlock:
+def build_delta_block(cfg: DeltaBlockConfig | Mapping[str, Any] | None = None,
+                      **overrides) -> DeltaBlock | ADMDeltaBlock:
     """Build a fresh block from a config (a :class:`DeltaBlockConfig`, a dict, or keyword overrides)."""
     if cfg is None:
         cfg = DeltaBlockConfig()
@@ -305,7 +307,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_delta_block(block: DeltaBlock, path: str | os.PathLike, **meta) -> Path:
+def save_delta_block(block: DeltaBlock | ADMDeltaBlock, path: str | os.PathLike, **meta) -> Path:
     """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically (temp file + rename).
 
     ``meta`` holds JSON-like extras (attribute, texts, t_edit, training step, ...). A ``.safetensors`` path writes
@@ -373,7 +375,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
                               "re-download or re-save it") from None
 
 
-def _strict_load(block: DeltaBlock, state: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
+def _strict_load(block: DeltaBlock | ADMDeltaBlock, state: Mapping[str, torch.Tensor], path: Path,
+                 what: str) -> None:
     own = block.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
