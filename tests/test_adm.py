@@ -116,3 +116,22 @@ def test_adm_block_config_is_checked():
         DeltaBlockConfig(kind="adm", time_embedding="adagn")
     block = build_delta_block(DeltaBlockConfig(kind="adm", channels=64, temb_channels=128, zero_init=True))
     assert torch.equal(block(torch.randn(2, 64, 8, 8), torch.randn(2, 128)), torch.zeros(2, 64, 8, 8))
+
+
+def test_new_attention_order_is_a_permutation_of_qkv(reduced):
+    """use_new_attention_order splits qkv as [q of all heads | k | v]; with the rows permuted accordingly the
+    network computes the same ε as the legacy per-head [q | k | v] layout of the checkpoints."""
+    r = reduced["adm"]
+    kwargs = r["create_model_kwargs"]
+    legacy, _ = _model_and_block(r)
+    new = ADMUNet.from_create_model(**{**kwargs, "use_new_attention_order": True}).eval()
+    state = dict(r["state_dict"])
+    for key in [k for k in state if k.endswith("qkv.weight") or k.endswith("qkv.bias")]:
+        w = state[key]
+        heads = w.shape[0] // 3 // kwargs["num_head_channels"]
+        per_head = w.reshape(heads, 3, kwargs["num_head_channels"], *w.shape[1:])  # legacy: head, (q k v), ch
+        state[key] = per_head.transpose(0, 1).reshape(w.shape)
+    new.load_state_dict(state, strict=True)
+    case = r["cases"][0]
+    with torch.no_grad():
+        assert rel(new(case["x"], case["t"]), legacy(case["x"], case["t"])) < 1e-6

@@ -60,7 +60,8 @@ def adm_config(kwargs: Mapping[str, Any]) -> dict:
         raise ValueError("class_cond=True (ImageNet's label embedding) is not supported: Asyrp never uses the label; "
                          "build the unconditional model (class_cond=False)")
     cfg["channel_mult"] = ",".join(str(m) for m in _channel_mult(cfg))
-    cfg["attention_resolutions"] = str(cfg["attention_resolutions"])
+    res = cfg["attention_resolutions"]
+    cfg["attention_resolutions"] = ",".join(map(str, res)) if isinstance(res, (list, tuple)) else str(res)
     return {"architecture": ARCHITECTURE, "in_channels": 3, **cfg}
 
 
