@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asyrp.models.unet import HSpaceUNet, per_sample_timesteps
+from asyrp.models.unet import GroupNorm32, HSpaceUNet, per_sample_timesteps
 
 ARCHITECTURE = "adm"
 
@@ -85,14 +85,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> to
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32, C), eps 1e-5, computed in float32 (the original's ``normalization``)."""
-
-    def __init__(self, channels: int):
-        super().__init__(32, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+def normalization(channels: int) -> GroupNorm32:
+    """The original's ``normalization``: GroupNorm(32, C), eps 1e-5, computed in float32."""
+    return GroupNorm32(32, channels)
 
 
 class Resample(nn.Module):
@@ -122,14 +117,14 @@ class ResBlock(nn.Module):
                  use_scale_shift_norm: bool, up: bool = False, down: bool = False):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(),
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
                                        nn.Conv2d(channels, out_channels, 3, padding=1))
         self.updown = up or down
         if self.updown:  # parameter-free resampling of both the features and the skip
             self.h_upd, self.x_upd = Resample(channels, up, False), Resample(channels, up, False)
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
-        self.out_layers = nn.Sequential(GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(dropout),
+        self.out_layers = nn.Sequential(normalization(out_channels), nn.SiLU(), nn.Dropout(dropout),
                                         nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
@@ -161,7 +156,7 @@ class AttentionBlock(nn.Module):
         if channels % self.num_heads:
             raise ValueError(f"{self.num_heads} attention heads do not divide {channels} channels")
         self.new_order = new_order
-        self.norm = GroupNorm32(channels)
+        self.norm = normalization(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
@@ -241,7 +236,7 @@ class ADMUNet(HSpaceUNet):
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
         self.out_channels = 6 if cfg["learn_sigma"] else 3
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(input_ch, self.out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(input_ch, self.out_channels, 3, padding=1))
 
     @classmethod
     def from_create_model(cls, **kwargs) -> "ADMUNet":

@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from asyrp.models.adm import GroupNorm32
+from asyrp.models.adm import normalization
 
 KINDS = ("conv", "pixel", "channel", "pixel_channel", "channel_pixel", "adm")
 TIME_EMBEDDINGS = ("add", "mult", "adagn", "none")
@@ -247,10 +247,10 @@ class ADMDeltaBlock(nn.Module):
     def __init__(self, cfg: DeltaBlockConfig):
         super().__init__()
         self.config = c = cfg
-        self.in_layers = nn.Sequential(GroupNorm32(c.channels), nn.SiLU(), nn.Conv2d(c.channels, c.channels, 1))
+        self.in_layers = nn.Sequential(normalization(c.channels), nn.SiLU(), nn.Conv2d(c.channels, c.channels, 1))
         if cfg.time_embedding == "add":
             self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(c.temb_channels, c.channels))
-        self.out_layers = nn.Sequential(GroupNorm32(c.channels), nn.SiLU(), nn.Dropout(c.dropout),
+        self.out_layers = nn.Sequential(normalization(c.channels), nn.SiLU(), nn.Dropout(c.dropout),
                                         nn.Conv2d(c.channels, c.channels, 1))
         if cfg.zero_init:
             with torch.no_grad():
