@@ -181,7 +181,8 @@ def resolve_run(cfg: TrainConfig, backbone, clip) -> Resolved:
             raise UserError(f"cannot choose t_edit automatically ({e}); give --t-edit") from None
     t_boost = cfg.t_boost if cfg.t_boost is not None else attr.t_boost
     clip_weight = cfg.clip_weight if cfg.clip_weight is not None else (attr.clip_weight or 1.0)
-    delta = dataclasses.replace(cfg.delta or DeltaBlockConfig(), channels=backbone.unet.h_channels,
+    kind = getattr(backbone.unet, "default_delta_kind", "conv")  # adm on iDDPM / ADM backbones
+    delta = dataclasses.replace(cfg.delta or DeltaBlockConfig(kind=kind), channels=backbone.unet.h_channels,
                                 spatial_size=backbone.unet.h_size, temb_channels=backbone.unet.temb_ch)
     steps = D.training_pairs(cfg.n_train_step, t_edit, cfg.t_0)
     return Resolved(attr.name, attr.src, attr.trg, int(t_edit), t_boost, text_cosine, clip_weight,
@@ -571,10 +572,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.add_argument("--attr", dest="attribute", help="attribute name from the table (e.g. smiling)")
     p.add_argument("--list-attributes", action="store_true", help="print the attribute table and exit")
-    p.add_argument("--unet-config", help="YAML `model:` block for a bare state-dict backbone file")
+    p.add_argument("--unet-config", help="YAML `model:` block or create_model arguments, for a bare state-dict backbone")
     p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")
     C.add_arguments(p, TrainConfig, skip=("attribute", "delta"))
-    g = p.add_argument_group("delta block (default: the official conv block)")
+    g = p.add_argument_group("delta block (default: the backbone's official block, conv or adm for iDDPM / ADM)")
     C.add_arguments(g, DeltaBlockConfig, skip=("channels", "spatial_size", "temb_channels", "skip_norm_without_temb"),
                     prefix="delta_")
 
