@@ -208,7 +208,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def browser():
+def browser(monkeypatch):
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: no driver downloads, no usage statistics
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("no system Chromium / chromedriver (apt-get install chromium chromium-driver; .ci/run does)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install "
@@ -217,8 +219,9 @@ def browser():
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                 "--no-proxy-server", "--disable-background-networking", "--disable-component-update"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100",
+                 "--no-proxy-server", "--disable-background-networking", "--disable-component-update",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):  # nothing but localhost
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -238,9 +241,11 @@ def test_browser_upload_slider_edit(browser, red_circle, one_thread):
         browser.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(browser, 60)
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
+        started = time.perf_counter()
         upload.send_keys(str(red_circle))
         status = wait.until(lambda d: _text_of(d, "#status", "Edited: red → blue (shipped) at +1"))
         edited_src = wait.until(lambda d: _image_src(d, "#edited"))
+        first = time.perf_counter() - started
         slider = browser.find_element(By.CSS_SELECTOR, "#strength1 input[type=range]")
         started = time.perf_counter()
         for _ in range(5):  # 1.0 → 0.5
@@ -250,9 +255,14 @@ def test_browser_upload_slider_edit(browser, red_circle, one_thread):
         seconds = time.perf_counter() - started
         assert new_src and new_src != edited_src, status
         assert "S_dir" in browser.find_element(By.CSS_SELECTOR, "#metrics").text
-        assert seconds < 30, f"the slider's edit took {seconds:.1f} s"
+        # the target is 10 s on an idle 2-core CPU; the bound leaves room for a busy CI machine
+        assert first < 30 and seconds < 30, f"upload → edit {first:.1f} s, slider → edit {seconds:.1f} s"
+        print(f"upload → edit {first:.1f} s; slider → edit {seconds:.1f} s")
+        browser.find_element(By.CSS_SELECTOR, "#sweep input[type=checkbox]").click()
+        wait.until(lambda d: _image_src(d, "#strip"))
         shot = os.environ.get("ASYRP_SCREENSHOT")
         if shot:
+            browser.execute_script("window.scrollTo(0, 0)")
             Path(shot).parent.mkdir(parents=True, exist_ok=True)
             browser.save_screenshot(shot)
     finally:

@@ -370,13 +370,14 @@ def build_ui(editors: dict, start: str, export_root: Path, notice: str = ""):
                     spec = gr.Textbox(label="Add a direction", placeholder="runs/smiling/delta.pt, a run folder or "
                                       "asyrp-smiling")
                     add_btn = gr.Button("Add")
-                strip_on = gr.Checkbox(False, label="Show the strength sweep of direction 1 (−2 … 2)")
+                strip_on = gr.Checkbox(False, label="Show the strength sweep of direction 1 (−2 … 2)",
+                                       elem_id="sweep")
             with gr.Column():
                 with gr.Row():
                     original = gr.Image(label="Original", elem_id="original", interactive=False)
                     recon = gr.Image(label="DDIM reconstruction", elem_id="reconstruction", interactive=False)
                     edited = gr.Image(label="Edit", elem_id="edited", interactive=False)
-                strip = gr.Image(label="Strength sweep", interactive=False)
+                strip = gr.Image(label="Strength sweep", elem_id="strip", interactive=False)
                 metrics = gr.Markdown(elem_id="metrics")
                 files = gr.File(label="Download: edited PNG, settings JSON (asyrp edit --config), original",
                                 file_count="multiple", interactive=False)
