@@ -8,6 +8,7 @@ direction is 0.739 at strength 1 (the reader: blue, the circle shrunk to small, 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -22,7 +23,8 @@ import torch
 from PIL import Image
 
 from asyrp import config as C
-from asyrp.app import STRIP_STRENGTHS, AppError, Editor, labelled_strip, parse_choices
+from asyrp.app import (STRIP_STRENGTHS, AppError, Editor, configure_parser, first_editor, labelled_strip,
+                       parse_choices)
 from asyrp.cli import COMMANDS
 from asyrp.cli import main as cli_main
 from asyrp.edit import EditConfig, settings_for
@@ -187,10 +189,23 @@ def test_bad_input_is_a_one_line_message(editor, tmp_path, red_circle):
     assert editor.edit(editor.load_image(red_circle), [(SHIPPED, 0.0)]).metrics["attributes"]["edited"]["valid"]
 
 
-def test_missing_weights_offline_name_the_fix():
+def test_missing_weights_offline_name_the_fix(one_thread, tmp_path):
     assert os.environ["ASYRP_OFFLINE"] == "1"
     with pytest.raises(AppError, match=r"backbone celeba-hq: .*not available.*--weights-dir"):
         Editor("celeba-hq")
+    # `asyrp app --backbone celeba-hq` offline: the page opens on the shapes world and says why
+    editor, notice = first_editor(_args(backbone="celeba-hq", direction=[str(tmp_path / "none.pt")]))
+    assert editor.backbone.name == "shapes" and list(editor.directions) == [SHIPPED]
+    assert notice.startswith("⚠ backbone celeba-hq: ddpm-celeba-hq (celeba_hq.ckpt) is not available")
+    assert "showing the shapes world instead" in notice
+    assert f"⚠ direction {tmp_path / 'none.pt'}: {tmp_path / 'none.pt'}: no such checkpoint file" in notice
+
+
+def _args(**changes) -> Namespace:
+    """The parsed arguments of `asyrp app` (defaults, with ``changes``)."""
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return Namespace(**{**vars(parser.parse_args([])), **changes})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,8 +250,7 @@ def test_browser_upload_slider_edit(browser, red_circle, one_thread):
 
     from asyrp.app import start
     port = _free_port()
-    page = start(Namespace(backbone="shapes", direction=[], port=port, host="127.0.0.1", n_steps=STEPS,
-                           weights_dir=None, device=None, threads=1), block=False)
+    page = start(_args(port=port), block=False)
     try:
         browser.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(browser, 60)
@@ -265,6 +279,13 @@ def test_browser_upload_slider_edit(browser, red_circle, one_thread):
             browser.execute_script("window.scrollTo(0, 0)")
             Path(shot).parent.mkdir(parents=True, exist_ok=True)
             browser.save_screenshot(shot)
+        # bad input: a message on the page, and the app goes on editing
+        missing = red_circle.parent / "missing.pt"
+        browser.find_element(By.CSS_SELECTOR, "#add_spec textarea, #add_spec input").send_keys(str(missing))
+        browser.find_element(By.CSS_SELECTOR, "#add_direction").click()
+        wait.until(lambda d: _text_of(d, "#status", f"⚠ {missing}: no such checkpoint file"))
+        slider.send_keys(Keys.ARROW_RIGHT)
+        wait.until(lambda d: _text_of(d, "#status", "Edited: red → blue (shipped) at +0.6"))
     finally:
         page.close()
 
@@ -278,4 +299,6 @@ def _text_of(driver, css: str, needle: str):
 def _image_src(driver, css: str):
     from selenium.webdriver.common.by import By
     images = driver.find_elements(By.CSS_SELECTOR, f"{css} img")
-    return images[0].get_attribute("src") if images else False
+    loaded = images and driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0",
+                                              images[0])
+    return images[0].get_attribute("src") if loaded else False

@@ -295,8 +295,9 @@ def parse_choices(labels, strengths) -> list[tuple[str, float]]:
 # The web page
 # --------------------------------------------------------------------------------------------------
 
-def build_ui(editors: dict, start: str, export_root: Path, notice: str = ""):
-    """The Gradio Blocks page over ``editors`` (backbone name → Editor, filled as the user switches)."""
+def build_ui(editors: dict, start: str, export_root: Path, notice: str = "", make=Editor):
+    """The Gradio Blocks page over ``editors`` (backbone name → Editor; ``make(name)`` adds one when the user
+    switches backbone)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the app is offline and local
     import gradio as gr  # optional dependency (asyrp[app]); heavy, so imported only when the app runs
 
@@ -306,7 +307,7 @@ def build_ui(editors: dict, start: str, export_root: Path, notice: str = ""):
 
     def editor(name: str) -> Editor:
         if name not in editors:
-            editors[name] = Editor(name, progress=True)
+            editors[name] = make(name)
         return editors[name]
 
     def run_edit(name, key, strip_on, *slots, progress=gr.Progress(track_tqdm=True)):
@@ -368,8 +369,8 @@ def build_ui(editors: dict, start: str, export_root: Path, notice: str = ""):
                                                  label=f"Strength {i + 1}", elem_id=f"strength{i + 1}"))
                 with gr.Row():
                     spec = gr.Textbox(label="Add a direction", placeholder="runs/smiling/delta.pt, a run folder or "
-                                      "asyrp-smiling")
-                    add_btn = gr.Button("Add")
+                                      "asyrp-smiling", elem_id="add_spec")
+                    add_btn = gr.Button("Add", elem_id="add_direction")
                 strip_on = gr.Checkbox(False, label="Show the strength sweep of direction 1 (−2 … 2)",
                                        elem_id="sweep")
             with gr.Column():
@@ -425,28 +426,36 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device")
 
 
-def start(args: argparse.Namespace, block: bool = True):
-    """Load the backbone (the shapes world instead, with the reason shown, when its weights are missing), build the
-    page and serve it; returns the Gradio app when ``block`` is False."""
-    torch.set_num_threads(args.threads)
+def first_editor(args: argparse.Namespace) -> tuple[Editor, str]:
+    """The editor of ``--backbone`` with the ``--direction`` s, and a notice for the page: when the backbone's
+    weights are missing (offline), the shapes world with the reason instead of a crash; a direction that does not
+    load is left out, with its reason."""
     notice = ""
     try:
-        editors = {args.backbone: Editor(args.backbone, args.n_steps, args.weights_dir, args.device, progress=True)}
-        name = args.backbone
+        editor = Editor(args.backbone, args.n_steps, args.weights_dir, args.device, progress=True)
     except AppError as e:
-        notice, name = f"⚠ {e} — showing the shapes world instead.", "shapes"
-        editors = {name: Editor(name, args.n_steps, None, args.device, progress=True)}
+        notice = f"⚠ {e} — showing the shapes world instead."
+        editor = Editor("shapes", args.n_steps, None, args.device, progress=True)
     for spec in args.direction:
         try:
-            editors[name].add_direction(spec)
+            editor.add_direction(spec)
         except AppError as e:
             notice += f"\n\n⚠ direction {spec}: {e}"
+    return editor, notice.strip()
+
+
+def start(args: argparse.Namespace, block: bool = True):
+    """Load the backbone (:func:`first_editor`), build the page and serve it; returns the Gradio app when ``block``
+    is False."""
+    torch.set_num_threads(args.threads)
+    editor, notice = first_editor(args)
     export_root = Path(tempfile.mkdtemp(prefix="asyrp_app_"))
-    page = build_ui(editors, name, export_root, notice)
+    page = build_ui({editor.backbone.name: editor}, editor.backbone.name, export_root, notice,
+                    make=lambda name: Editor(name, args.n_steps, args.weights_dir, args.device, progress=True))
     page.queue(default_concurrency_limit=1)  # one generation at a time: the CPU is the bottleneck
     page.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=not block, ssr_mode=False,
                 allowed_paths=[str(export_root)], quiet=not block, footer_links=[])
-    threading.Thread(target=_warm_clip, args=(editors[name],), daemon=True).start()
+    threading.Thread(target=_warm_clip, args=(editor,), daemon=True).start()
     return page
 
 
