@@ -120,8 +120,8 @@ def test_settings_json_reproduces_the_png_with_asyrp_edit(editor, red_circle, tm
                                                                                             "white")))
     data = json.loads(settings.read_text())
     cfg = C.from_dict(EditConfig, data)
-    assert (cfg.strengths, cfg.coefficients, cfg.data, cfg.n_images, cfg.t_edit) == ([0.8], None, str(original.resolve()),
-                                                                                    1, 500)
+    assert (cfg.strengths, cfg.coefficients, cfg.n_images, cfg.t_edit) == ([0.8], None, 1, 500)
+    assert cfg.data == str(original.resolve())
     assert cfg == EditConfig(**{**C.to_dict(result.config), "data": str(original.resolve()), "device": None})
     out = tmp_path / "asyrp_edit"
     assert cli_main(["edit", "--config", str(settings), "--out", str(out)]) == 0

@@ -40,14 +40,18 @@ from PIL import Image, ImageDraw
 from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp import sampling
-from asyrp.backbones import BACKBONES, TINY_WORLDS, load_backbone
+from asyrp import weights as registry
+from asyrp.attributes import attribute_table
+from asyrp.backbones import BACKBONES, TINY_WORLDS, load_backbone, load_clip_model
 from asyrp.cli import UserError
+from asyrp.clip_loss import CLIPDirection
 from asyrp.data import open_images
 from asyrp.edit import EditConfig, edit_times, load_direction, settings_for
 from asyrp.inversion import sampled_noise
 from asyrp.io import atomic_json, default_device
 from asyrp.models.delta import load_delta_block
 from asyrp.plots import save_png, to_uint8
+from asyrp.worlds import shapes
 
 SHAPES_DIRECTION = "directions/color_red_blue.pt"   # under the shapes world's resources
 STRIP_STRENGTHS = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -84,7 +88,6 @@ class Editor:
 
     def __init__(self, backbone: str = "shapes", n_steps: int = 20, weights_dir: str | None = None,
                  device: str | None = None, progress: bool = False):
-        from asyrp import weights as registry
         self.device = default_device(device)
         self.weights_dir, self.n_steps, self.progress = weights_dir, n_steps, progress
         try:
@@ -99,7 +102,6 @@ class Editor:
         self._cache: OrderedDict = OrderedDict()
         self._clip, self._clip_lock = None, threading.Lock()
         if backbone == "shapes":
-            from asyrp.worlds import shapes
             with resources.as_file(shapes.resource_path(SHAPES_DIRECTION)) as path:
                 self.add_direction(str(path), label="red → blue (shipped)")
 
@@ -115,14 +117,13 @@ class Editor:
                 raise AppError(f"{spec}: a folder without delta.pt; give a training run folder or a checkpoint file")
         spec = str(path) if path.exists() else spec
         try:
-            direction = load_direction(spec, self.backbone, EditConfig(n_test_step=self.n_steps, device=str(self.device)),
-                                       self.weights_dir)
+            cfg = EditConfig(n_test_step=self.n_steps, device=str(self.device))
+            direction = load_direction(spec, self.backbone, cfg, self.weights_dir)
         except (ValueError, OSError) as e:  # CheckpointError, MissingWeightsError, UserError are ValueErrors
             raise AppError(" ".join(str(e).split())) from None
         _, meta = load_delta_block(direction.path, return_meta=True)
         texts = (meta["src"], meta["trg"]) if meta.get("src") and meta.get("trg") else None
         if texts is None and direction.attribute:
-            from asyrp.attributes import attribute_table
             entry = attribute_table().get(direction.attribute)
             texts = (entry.src, entry.trg) if entry else None
         label = label or (f"{direction.attribute}: {texts[0]} → {texts[1]}" if texts and direction.attribute
@@ -228,13 +229,11 @@ class Editor:
             except (ValueError, OSError) as e:
                 out["s_dir_error"] = " ".join(str(e).split())
             else:
-                from asyrp.clip_loss import CLIPDirection
                 for label in wanted:
                     direction = CLIPDirection(clip, *self.texts[label], templates=None, image_size=size).to(self.device)
                     out["s_dir"][label] = round(float(direction.similarity(original[None].to(self.device),
                                                                            edited[None].to(self.device))[0]), 4)
         if self.backbone.name == "shapes":
-            from asyrp.worlds import shapes
             reads = shapes.read_attributes(torch.stack([original, edited]))
             out["attributes"] = {name: {k: r[k] for k in (*shapes.ATTRIBUTES, "valid")}
                                  for name, r in zip(("original", "edited"), reads)}
@@ -244,7 +243,6 @@ class Editor:
         """The CLIP of this backbone for S_dir (the tiny CLIP in the shapes world), loaded once."""
         with self._clip_lock:  # the app warms it up in a thread while the first image is edited
             if self._clip is None:
-                from asyrp.backbones import load_clip_model
                 self._clip = load_clip_model(self.backbone.default_clip, weights_dir=self.weights_dir,
                                              device=self.device)
         return self._clip
@@ -252,7 +250,8 @@ class Editor:
     def export(self, picture: Picture, result: Result, folder: str | os.PathLike) -> list[Path]:
         """edited PNG, settings JSON (``asyrp edit --config``) and, for uploads, the original it points to."""
         folder = Path(folder)
-        stem = f"{picture.name}_{hashlib.sha256(json.dumps(C.to_dict(result.config), sort_keys=True).encode()).hexdigest()[:8]}"
+        digest = hashlib.sha256(json.dumps(C.to_dict(result.config), sort_keys=True).encode()).hexdigest()
+        stem = f"{picture.name}_{digest[:8]}"  # one file name per image and settings
         files = [save_png(folder / f"{stem}_edited.png", result.edited)]
         cfg = result.config
         if cfg.data != "sampled":
@@ -299,7 +298,10 @@ def build_ui(editors: dict, start: str, export_root: Path, notice: str = "", mak
     """The Gradio Blocks page over ``editors`` (backbone name → Editor; ``make(name)`` adds one when the user
     switches backbone)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the app is offline and local
-    import gradio as gr  # optional dependency (asyrp[app]); heavy, so imported only when the app runs
+    try:
+        import gradio as gr  # optional dependency (asyrp[app]); heavy, so imported only when the app runs
+    except ImportError:
+        raise UserError("asyrp app needs Gradio: pip install 'asyrp[app]'") from None
 
     def fail(e: Exception):
         gr.Warning(str(e))
