@@ -32,6 +32,7 @@ from asyrp.inversion import sampled_noise
 from asyrp.models.delta import build_delta_block, save_delta_block
 from asyrp.plots import load_png
 from asyrp.worlds import shapes
+from conftest import torch_threads
 
 SHIPPED = "red → blue (shipped)"
 STEPS = 20
@@ -42,10 +43,8 @@ S_DIR_ZERO_MAX = 0.1       # at strength 0 (the reconstruction); measured −0.0
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread, as `asyrp app` runs (two threads are ~9× slower per call on a busy 2-core CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
