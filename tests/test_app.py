@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from asyrp import config as C
-from asyrp.app import (STRIP_STRENGTHS, AppError, Editor, configure_parser, first_editor, labelled_strip,
-                       parse_choices)
+from asyrp.app import (EXAMPLES, STRIP_STRENGTHS, AppError, Editor, configure_parser, first_editor,
+                       labelled_strip, parse_choices, write_examples)
 from asyrp.cli import COMMANDS
 from asyrp.cli import main as cli_main
 from asyrp.edit import EditConfig, settings_for
@@ -111,7 +111,7 @@ def test_strength_zero_is_the_reconstruction_and_strength_one_turns_red_blue(edi
     assert one.metrics["attributes"]["edited"]["background"] == "white"
 
 
-def test_settings_json_reproduces_the_png_with_asyrp_edit(editor, red_circle, tmp_path):
+def test_settings_json_reproduces_the_png_with_asyrp_edit(editor, red_circle, tmp_path, monkeypatch):
     picture = editor.load_image(red_circle)
     result = editor.edit(picture, [(SHIPPED, 0.8)])
     png, settings, original = editor.export(picture, result, tmp_path / "export")
@@ -120,9 +120,10 @@ def test_settings_json_reproduces_the_png_with_asyrp_edit(editor, red_circle, tm
     data = json.loads(settings.read_text())
     cfg = C.from_dict(EditConfig, data)
     assert (cfg.strengths, cfg.coefficients, cfg.n_images, cfg.t_edit) == ([0.8], None, 1, 500)
-    assert cfg.data == str(original.resolve())
-    assert cfg == EditConfig(**{**C.to_dict(result.config), "data": str(original.resolve()), "device": None})
+    assert cfg.data == "red_circle.png" and original == settings.parent / cfg.data  # the download beside it
+    assert cfg == EditConfig(**{**C.to_dict(result.config), "data": "red_circle.png", "device": None})
     out = tmp_path / "asyrp_edit"
+    monkeypatch.chdir(settings.parent)
     assert cli_main(["edit", "--config", str(settings), "--out", str(out)]) == 0
     assert torch.equal(load_png(out / "edited" / f"{picture.name}.png"), load_png(png))
     assert torch.equal(load_png(out / "reconstructed" / f"{picture.name}.png"),
@@ -141,6 +142,15 @@ def test_several_directions_are_coefficients_of_strength_one(editor, red_circle)
     assert (cfg.strengths, cfg.coefficients) == ([1.0], [1.0, -0.5])
     again = C.from_dict(EditConfig, json.loads(json.dumps(C.to_dict(cfg))))
     assert settings_for(again, [editor.directions[SHIPPED]] * 2)[0]["weights"] == [1.0, -0.5]
+
+
+def test_examples_are_shapes_world_images(editor, tmp_path):
+    paths = write_examples(tmp_path)
+    for name, attributes in EXAMPLES.items():
+        picture = editor.load_image(paths[name])
+        assert torch.equal(picture.x0, shapes.make_batch([shapes.ShapeSpec(*attributes)])[0])
+        read = shapes.read_attributes(picture.x0)[0]
+        assert (read["shape"], read["color"], read["size"], read["background"]) == attributes
 
 
 def test_a_sampled_image_is_found_again_by_seed_and_index(editor):

@@ -58,6 +58,10 @@ STRIP_STRENGTHS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 DISPLAY_SIZE = 256                                  # tiny images are shown enlarged (nearest neighbour)
 SLOTS = 3                                           # directions combined at once in the UI
 CACHE_SIZE = 128                                    # inversions and reconstructions kept in memory
+EXAMPLES = {"red circle": ("circle", "red", "large", "white"),     # shapes-world images to choose from
+            "red square on black": ("square", "red", "large", "black"),
+            "small red triangle on gray": ("triangle", "red", "small", "gray"),
+            "green circle": ("circle", "green", "large", "white")}
 
 
 class AppError(UserError):
@@ -256,7 +260,7 @@ class Editor:
         cfg = result.config
         if cfg.data != "sampled":
             original = save_png(folder / f"{picture.name}.png", picture.x0)
-            cfg = EditConfig(**{**C.to_dict(cfg), "data": str(original.resolve())})
+            cfg = EditConfig(**{**C.to_dict(cfg), "data": original.name})  # run asyrp edit beside the downloads
             files.append(original)
         settings = {k: v for k, v in C.to_dict(cfg).items() if k != "device"}
         atomic_json(folder / f"{stem}_settings.json", settings)
@@ -265,6 +269,16 @@ class Editor:
 
 def _pixel_key(x0: torch.Tensor) -> str:
     return hashlib.sha256(x0.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def write_examples(folder: Path) -> dict[str, Path]:
+    """The shapes-world images of :data:`EXAMPLES` as PNG files, to be loaded like uploads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, attributes in EXAMPLES.items():
+        paths[name] = folder / f"{name.replace(' ', '_')}.png"
+        Image.fromarray(shapes.render(shapes.ShapeSpec(*attributes))).save(paths[name])
+    return paths
 
 
 def display(image: torch.Tensor, size: int = DISPLAY_SIZE) -> Image.Image:
@@ -349,7 +363,7 @@ def build_ui(editors: dict, start: str, export_root: Path, notice: str = "", mak
         labels = [""] + list(editor(name).directions)
         return tuple(gr.update(choices=labels) for _ in range(SLOTS)) + (f"Added direction {label}.",)
 
-    labels = list(editors[start].directions)
+    labels, examples = list(editors[start].directions), write_examples(export_root / "examples")
     with gr.Blocks(title="asyrp editor") as page:
         gr.Markdown("## Asyrp: editing in the h-space of a frozen diffusion model")
         status = gr.Markdown(notice or "Upload an image or sample one, then choose directions and strengths.",
@@ -359,6 +373,7 @@ def build_ui(editors: dict, start: str, export_root: Path, notice: str = "", mak
             with gr.Column():
                 backbone = gr.Dropdown([*TINY_WORLDS, *BACKBONES], value=start, label="Backbone")
                 upload = gr.File(label="Upload an image", file_types=["image"], elem_id="upload")
+                example = gr.Dropdown(["", *examples], value="", label="… or choose one (shapes world)")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, label="Sample seed")
                     sample = gr.Button("Sample from the backbone")
@@ -382,11 +397,15 @@ def build_ui(editors: dict, start: str, export_root: Path, notice: str = "", mak
                     edited = gr.Image(label="Edit", elem_id="edited", interactive=False)
                 strip = gr.Image(label="Strength sweep", elem_id="strip", interactive=False)
                 metrics = gr.Markdown(elem_id="metrics")
-                files = gr.File(label="Download: edited PNG, settings JSON (asyrp edit --config), original",
+                files = gr.File(label="Download: edited PNG, settings JSON and original; beside them, "
+                                "asyrp edit --config NAME_settings.json --out OUT makes the same PNG",
                                 file_count="multiple", interactive=False)
         edit_in = [backbone, key, strip_on, *slots_dir, *slots_s]
         edit_out = [recon, edited, strip, metrics, files, status]
         upload.upload(lambda name, f: picked(name, lambda ed: ed.load_image(f)), [backbone, upload],
+                      [original, key, status]).then(run_edit, edit_in, edit_out)
+        example.input(lambda name, choice: picked(name, lambda ed: ed.load_image(examples[choice])) if choice
+                      else (gr.skip(), gr.skip(), gr.skip()), [backbone, example],
                       [original, key, status]).then(run_edit, edit_in, edit_out)
         sample.click(lambda name, s: picked(name, lambda ed: ed.sample_image(int(s or 0))), [backbone, seed],
                      [original, key, status]).then(run_edit, edit_in, edit_out)
