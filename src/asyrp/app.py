@@ -1,7 +1,7 @@
 """``asyrp app``: an editor in the browser — pick an image, one or more directions and a strength each, see the edit.
 
 Why Gradio: its stock components (image, file upload and download, sliders, a progress bar that follows the
-samplers' tqdm bars) make the whole interface about a hundred lines of Python served on localhost with no front-end
+samplers' tqdm bars) make the whole interface about 150 lines of Python served on localhost with no front-end
 build, it is the interface diffusion-editing users already know (Hugging Face Spaces), and it is actively
 maintained. It is an optional dependency (``pip install 'asyrp[app]'``), imported only by :func:`build_ui`.
 
@@ -214,6 +214,7 @@ class Editor:
         return edited[0].cpu(), recon[0].cpu(), cfg
 
     def edit(self, picture: Picture, choices: list[tuple[str, float]]) -> Result:
+        """The edit of ``picture`` with (direction label, strength) ``choices``, its reconstruction and metrics."""
         edited, recon, cfg = self.generate(picture, choices)
         return Result(edited, recon, cfg, self.metrics(picture.x0, edited, [label for label, _ in choices]))
 
@@ -268,6 +269,7 @@ class Editor:
 
 
 def _pixel_key(x0: torch.Tensor) -> str:
+    """The cache key of an image: sha256 of its float32 pixels (the same picture under any file name)."""
     return hashlib.sha256(x0.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
@@ -417,6 +419,7 @@ def build_ui(editors: dict, start: str, export_root: Path, notice: str = "", mak
 
 
 def metrics_markdown(m: dict) -> str:
+    """:meth:`Editor.metrics` for the page: S_dir per direction, the reader's table of both images."""
     lines = [f"S_dir (original → edit) for **{label}**: {v:+.3f}" for label, v in m["s_dir"].items()]
     if m.get("s_dir_error"):
         lines.append(f"S_dir unavailable: {m['s_dir_error']}")
