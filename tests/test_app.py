@@ -24,7 +24,7 @@ from PIL import Image
 
 from asyrp import config as C
 from asyrp.app import (EXAMPLES, STRIP_STRENGTHS, AppError, Editor, configure_parser, first_editor,
-                       labelled_strip, parse_choices, write_examples)
+                       labelled_strip, parse_choices, released_directions, write_examples)
 from asyrp.cli import COMMANDS
 from asyrp.cli import main as cli_main
 from asyrp.edit import EditConfig, settings_for
@@ -196,6 +196,13 @@ def test_bad_input_is_a_one_line_message(editor, tmp_path, red_circle):
         editor.edit(editor.load_image(red_circle), parse_choices(["", ""], [1.0, 1.0]))
     assert list(editor.directions)[0] == SHIPPED  # nothing was added; the editor still edits
     assert editor.edit(editor.load_image(red_circle), [(SHIPPED, 0.0)]).metrics["attributes"]["edited"]["valid"]
+
+
+def test_released_directions_on_this_machine_are_offered(fixtures_dir):
+    folder = fixtures_dir / "official_delta_blocks"
+    assert released_directions("celeba-hq", folder) == [f"asyrp-{a}" for a in (
+        "angry", "modigliani", "neanderthal", "pixar", "sad", "smiling", "tanned", "young")]
+    assert released_directions("lsun-church", folder) == released_directions("shapes", folder) == []
 
 
 def test_missing_weights_offline_name_the_fix(one_thread, tmp_path):

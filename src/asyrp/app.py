@@ -58,6 +58,8 @@ STRIP_STRENGTHS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 DISPLAY_SIZE = 256                                  # tiny images are shown enlarged (nearest neighbour)
 SLOTS = 3                                           # directions combined at once in the UI
 CACHE_SIZE = 128                                    # inversions and reconstructions kept in memory
+# backbone -> the dataset category in the file names of its released directions (asyrp-<attribute>)
+RELEASED = {"celeba-hq": "CelebA_HQ", "lsun-church": "church_outdoor", "lsun-bedroom": "bedroom"}
 EXAMPLES = {"red circle": ("circle", "red", "large", "white"),     # shapes-world images to choose from
             "red square on black": ("square", "red", "large", "black"),
             "small red triangle on gray": ("triangle", "red", "small", "gray"),
@@ -108,6 +110,8 @@ class Editor:
         if backbone == "shapes":
             with resources.as_file(shapes.resource_path(SHAPES_DIRECTION)) as path:
                 self.add_direction(str(path), label="red → blue (shipped)")
+        for name in released_directions(backbone, weights_dir):
+            self.add_direction(name)
 
     # ------------------------------------------------------------------ directions
     def add_direction(self, spec: str, label: str | None = None) -> str:
@@ -266,6 +270,14 @@ class Editor:
         settings = {k: v for k, v in C.to_dict(cfg).items() if k != "device"}
         atomic_json(folder / f"{stem}_settings.json", settings)
         return [files[0], folder / f"{stem}_settings.json", *files[1:]]
+
+
+def released_directions(backbone: str, weights_dir: str | None = None) -> list[str]:
+    """The released directions of ``backbone`` already on this machine (the weights folders; nothing downloads)."""
+    category = RELEASED.get(backbone)
+    return [name for name in registry.direction_names()
+            if category and f"_LC_{category}_" in registry.get_spec(name).filename
+            and registry.locate(name, weights_dir)]
 
 
 def _pixel_key(x0: torch.Tensor) -> str:
