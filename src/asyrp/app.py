@@ -1,28 +1,25 @@
 """``asyrp app``: an editor in the browser — pick an image, one or more directions and a strength each, see the edit.
 
-Why Gradio: its stock components (image, file upload and download, sliders, a progress bar that follows the
-samplers' tqdm bars) make the whole interface about 150 lines of Python served on localhost with no front-end
-build, it is the interface diffusion-editing users already know (Hugging Face Spaces), and it is actively
-maintained. It is an optional dependency (``pip install 'asyrp[app]'``), imported only by :func:`build_ui`.
+Why Gradio: its stock components (images, file upload and download, sliders, a progress bar that follows the
+samplers' tqdm bars) make the page about 150 lines of Python served on localhost with no front-end build; it is what
+diffusion-editing users know (Hugging Face Spaces) and is actively maintained. Optional (``pip install
+'asyrp[app]'``), imported only by :func:`build_ui`. The rest is the UI-independent :class:`Editor` the tests call:
 
-Everything but the layout is the UI-independent :class:`Editor`, which the tests call directly:
+* images are uploaded (decoded and resized as ``asyrp edit --data FILE`` does) or sampled from the backbone (as
+  ``--data sampled``); each is DDIM-inverted once, cached by the sha256 of its pixels and the inversion settings, so
+  moving a slider costs only the generation;
+* an edit is an :class:`asyrp.edit.EditConfig` (weights from ``settings_for``, times from ``edit_times``, the same
+  boost noise), so the exported settings JSON reproduces the PNG with ``asyrp edit --config``;
+* metrics of the pair: S_dir (original → edit) per direction; in the shapes world, the attribute reader.
 
-* images are uploaded (decoded and resized as ``asyrp edit`` does, :func:`asyrp.data.open_images`) or sampled from
-  the backbone (as ``asyrp edit --data sampled``); each is DDIM-inverted once and cached in memory, keyed by the
-  sha256 of its pixels and the inversion settings, so moving a slider costs only the generation;
-* an edit is an :class:`asyrp.edit.EditConfig` (weights from :func:`asyrp.edit.settings_for`, times from
-  :func:`asyrp.edit.edit_times`, the same boost noise), so the settings JSON it exports reproduces the PNG with
-  ``asyrp edit --config settings.json --out OUT``;
-* metrics of the pair: S_dir (original → edit) per direction, and in the shapes world the attribute reader.
-
-The shapes world ships one trained direction (``resources/worlds/shapes/directions/color_red_blue.pt``, 0.3 MB),
-the red → blue direction of the demo, made by ``asyrp demo --out demo_out`` and copied from
-``demo_out/train/delta.pt``.
+The shapes world's direction (``resources/worlds/shapes/directions/color_red_blue.pt``, 0.3 MB) is the demo's
+red → blue: ``asyrp demo --out demo_out``, then copy ``demo_out/train/delta.pt``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -72,8 +69,7 @@ class AppError(UserError):
 
 @dataclass
 class Picture:
-    """An image ready to edit: its pixels, the cache key and how ``asyrp edit`` finds it again (``source``: the
-    EditConfig fields ``data`` / ``sample_seed`` / ``image_start``)."""
+    """An image to edit: pixels, cache key, and ``source``: how ``asyrp edit`` finds it (EditConfig fields)."""
     x0: torch.Tensor
     key: str
     name: str
@@ -102,10 +98,8 @@ class Editor:
             raise AppError(f"backbone {backbone}: {e}") from None
         self.unet = self.backbone.unet
         self.alphas = D.alphas_cumprod(D.linear_betas()).to(self.device)
-        self.directions: dict = {}      # label -> asyrp.edit.Direction
-        self.texts: dict = {}           # label -> (source text, target text) or None
-        self.pictures: dict[str, Picture] = {}
-        self._cache: OrderedDict = OrderedDict()
+        self.directions, self.texts = {}, {}  # label -> asyrp.edit.Direction; label -> (src, trg text) or None
+        self.pictures, self._cache = {}, OrderedDict()  # pixel key -> Picture; see _cached
         self._clip, self._clip_lock = None, threading.Lock()
         if backbone == "shapes":
             with resources.as_file(shapes.resource_path(SHAPES_DIRECTION)) as path:
@@ -436,10 +430,10 @@ def metrics_markdown(m: dict) -> str:
     if m.get("s_dir_error"):
         lines.append(f"S_dir unavailable: {m['s_dir_error']}")
     if "attributes" in m:
-        o, e = m["attributes"]["original"], m["attributes"]["edited"]
-        lines += ["", "| reader | " + " | ".join(o) + " |", "|---" * (len(o) + 1) + "|",
-                  *(f"| {name} | " + " | ".join(str(r[k]) for k in o) + " |" for name, r in (("original", o),
-                                                                                              ("edit", e)))]
+        rows = [["reader", *m["attributes"]["original"]], ["---"] * (len(m["attributes"]["original"]) + 1)]
+        rows += [[name, *map(str, m["attributes"][key].values())] for name, key in (("original", "original"),
+                                                                                   ("edit", "edited"))]
+        lines += [""] + ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -456,16 +450,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to serve on (default: this machine only)")
     p.add_argument("--n-steps", type=int, default=20, help="DDIM steps of inversion and generation")
     p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: a second thread made a 32 px U-Net call 9x slower, 0.44 s "
-                        "against 0.05 s, on a busy 2-core CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a busy 2-core CPU a "
+                   "second thread made a 32 px U-Net call 9x slower, 0.44 s against 0.05 s)")
     p.add_argument("--device")
 
 
 def first_editor(args: argparse.Namespace) -> tuple[Editor, str]:
-    """The editor of ``--backbone`` with the ``--direction`` s, and a notice for the page: when the backbone's
-    weights are missing (offline), the shapes world with the reason instead of a crash; a direction that does not
-    load is left out, with its reason."""
+    """The editor of ``--backbone`` with the ``--direction`` s and a notice for the page: the shapes world, with the
+    reason, when the backbone's weights are missing (offline); a direction that does not load is left out, with its."""
     notice = ""
     try:
         editor = Editor(args.backbone, args.n_steps, args.weights_dir, args.device, progress=True)
@@ -481,8 +473,7 @@ def first_editor(args: argparse.Namespace) -> tuple[Editor, str]:
 
 
 def start(args: argparse.Namespace, block: bool = True):
-    """Load the backbone (:func:`first_editor`), build the page and serve it; returns the Gradio app when ``block``
-    is False."""
+    """Load the backbone (:func:`first_editor`), build the page, serve it; the Gradio app when ``block`` is False."""
     torch.set_num_threads(args.threads)
     editor, notice = first_editor(args)
     export_root = Path(tempfile.mkdtemp(prefix="asyrp_app_"))
@@ -496,11 +487,10 @@ def start(args: argparse.Namespace, block: bool = True):
 
 
 def _warm_clip(editor: Editor) -> None:
-    """Load the CLIP for S_dir in the background (a few seconds) so that the first edit does not wait for it."""
-    try:
+    """Load the CLIP for S_dir in the background (seconds), so that the first edit does not wait for it; a failure
+    is reported with the first edit's metrics instead."""
+    with contextlib.suppress(ValueError, OSError):
         editor.clip()
-    except (ValueError, OSError):
-        pass  # reported with the first edit's metrics instead
 
 
 def main(args: argparse.Namespace) -> int:
