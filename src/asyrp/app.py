@@ -41,7 +41,6 @@ from asyrp import weights as registry
 from asyrp.attributes import attribute_table
 from asyrp.backbones import BACKBONES, TINY_WORLDS, load_backbone, load_clip_model
 from asyrp.cli import UserError
-from asyrp.clip_loss import CLIPDirection
 from asyrp.data import open_images
 from asyrp.edit import EditConfig, edit_times, load_direction, settings_for
 from asyrp.inversion import sampled_noise
@@ -232,6 +231,7 @@ class Editor:
             except (ValueError, OSError) as e:
                 out["s_dir_error"] = " ".join(str(e).split())
             else:
+                from asyrp.clip_loss import CLIPDirection  # imports torchvision → torch._dynamo: 2 s off the start
                 for label in wanted:
                     direction = CLIPDirection(clip, *self.texts[label], templates=None, image_size=size).to(self.device)
                     out["s_dir"][label] = round(float(direction.similarity(original[None].to(self.device),
