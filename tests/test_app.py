@@ -273,6 +273,11 @@ def test_browser_upload_slider_edit(browser, red_circle, one_thread):
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
         started = time.perf_counter()
         upload.send_keys(str(red_circle))
+        # progress of the samplers while the edit runs (their tqdm bars, e.g. "invert - 52.6%")
+        bars = "return Array.from(document.querySelectorAll('.progress-level-inner'), e => e.textContent.trim())"
+        progress = WebDriverWait(browser, 30, poll_frequency=0.05).until(lambda d: next(
+            (t for t in d.execute_script(bars) if t.startswith(("invert", "generate"))), False))
+        assert progress.endswith("%"), progress
         status = wait.until(lambda d: _text_of(d, "#status", "Edited: red → blue (shipped) at +1"))
         edited_src = wait.until(lambda d: _image_src(d, "#edited"))
         first = time.perf_counter() - started

@@ -95,8 +95,7 @@ class Editor:
             self.backbone = load_backbone(backbone, weights_dir=weights_dir, device=self.device)
         except registry.MissingWeightsError as e:
             raise AppError(f"backbone {backbone}: {e}") from None
-        self.unet = self.backbone.unet
-        self.alphas = D.alphas_cumprod(D.linear_betas()).to(self.device)
+        self.unet, self.alphas = self.backbone.unet, D.alphas_cumprod(D.linear_betas()).to(self.device)
         self.directions, self.texts = {}, {}  # label -> asyrp.edit.Direction; label -> (src, trg text) or None
         self.pictures, self._cache = {}, OrderedDict()  # pixel key -> Picture; see _cached
         self._clip, self._clip_lock = None, threading.Lock()
@@ -334,8 +333,9 @@ def build_ui(editors: dict, start: str, export_root: Path, notice: str = "", mak
             editors[name] = make(name)
         return editors[name]
 
-    def run_edit(name, key, strip_on, *slots, progress=gr.Progress(track_tqdm=True)):
-        ed = editor(name)
+    # explicit slot parameters (SLOTS = 3): Gradio injects the progress tracker only into a plain signature
+    def run_edit(name, key, strip_on, d1, d2, d3, s1, s2, s3, progress=gr.Progress(track_tqdm=True)):
+        ed, slots = editor(name), (d1, d2, d3, s1, s2, s3)
         if not key or key not in ed.pictures:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), "Upload or sample an image first."
         try:
