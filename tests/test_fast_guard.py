@@ -12,16 +12,13 @@ from asyrp import bench
 from asyrp import diffusion as D
 from asyrp import sampling
 from asyrp.models.delta import build_delta_block
-from conftest import tiny_backbone, tiny_clip
+from conftest import tiny_backbone, tiny_clip, torch_threads
 
 
 @pytest.fixture()
 def one_thread():
-    """One intra-op thread: on 2 shared cores it is several times faster than 2 for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,17 @@ def settings_for(cfg: EditConfig, directions: list[Direction]) -> list[dict]:
     return out
 
 
+def edit_times(cfg: EditConfig, directions: list[Direction]) -> tuple[int, int | None]:
+    """(t_edit, t_boost) of an edit: the config's, else the latest t_edit and the first t_boost of the directions
+    (t_boost None when boosting is off)."""
+    t_edit = cfg.t_edit if cfg.t_edit is not None else max((d.t_edit for d in directions if d.t_edit is not None),
+                                                           default=None)
+    if t_edit is None:
+        raise UserError("t_edit is unknown for these directions; give --t-edit")
+    t_boost = cfg.t_boost if cfg.t_boost is not None else next((d.t_boost for d in directions if d.t_boost), None)
+    return t_edit, (t_boost if cfg.boost else None)
+
+
 def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict] | None = None,
          directions: list[Direction] | None = None, weights_dir: str | None = None, progress: bool = True,
          distributed=None) -> dict:
@@ -155,13 +166,7 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         if not cfg.directions:
             raise UserError("give at least one direction (--direction runs/smiling/delta.pt)")
         directions = [load_direction(d, backbone, cfg, weights_dir) for d in cfg.directions]
-    t_edit = cfg.t_edit if cfg.t_edit is not None else max((d.t_edit for d in directions if d.t_edit is not None),
-                                                           default=None)
-    if t_edit is None:
-        raise UserError("t_edit is unknown for these directions; give --t-edit")
-    t_boost = cfg.t_boost if cfg.t_boost is not None else next((d.t_boost for d in directions if d.t_boost), None)
-    if not cfg.boost:
-        t_boost = None
+    t_edit, t_boost = edit_times(cfg, directions)
     settings = settings_for(cfg, directions)
     record = {"config": C.to_dict(cfg), "t_edit": t_edit, "t_boost": t_boost,
               "backbone_sha256": backbone.fingerprint,
