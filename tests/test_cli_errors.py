@@ -99,6 +99,7 @@ ROWS = [
         ("argument --steps", "invalid int value: 'x'")),
     Row("train-clip: unknown flag", ["train-clip", "--nosuch"], 2, ("unrecognized arguments: --nosuch",)),
     Row("bench: unknown flag", ["bench", "--nosuch"], 2, ("unrecognized arguments: --nosuch",)),
+    Row("app: non-numeric port", ["app", "--port", "x"], 2, ("argument --port", "'x'")),
     Row("unknown command", ["nosuch"], 2, ("unknown command 'nosuch'", "asyrp --help")),
 ]
 

@@ -1,9 +1,12 @@
 """Named backbones (frozen diffusion U-Nets) and CLIP models, and the files this project writes for its own models.
 
 ``load_backbone("celeba-hq")`` builds the CelebA-HQ 256 DDPM and loads SDEdit's checkpoint strictly (from the weights
-registry: cache, ``--weights-dir`` or a download); ``load_backbone("shapes")`` loads the tiny DDPM shipped with the
-package; ``load_backbone(path)`` reads a file written by :func:`save_unet` (config inside) or a bare ddim-layout state
-dict together with ``config``.
+registry: cache, ``--weights-dir`` or a download); ``afhq-dog``, ``ffhq`` (iDDPM) and ``metfaces`` (guided-diffusion,
+P2) build :class:`~asyrp.models.adm.ADMUNet` from the original ``create_model`` arguments and load the original
+checkpoints, which are published only behind a OneDrive folder (put them in a weights folder by hand);
+``load_backbone("shapes")`` loads the tiny DDPM shipped with the package; ``load_backbone(path)`` reads a file written
+by :func:`save_unet` (config inside) or a bare state dict together with ``config`` (a ddim ``model:`` block, or
+``create_model`` arguments for an iDDPM / ADM network).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import torch
 from torch import nn
 
 from asyrp.io import atomic_torch_save
+from asyrp.models.adm import AFHQ_DICT, METFACE_DICT, ADMUNet, adm_config
 from asyrp.models.delta import CheckpointError, read_checkpoint
-from asyrp.models.unet import CELEBA_HQ_256, DDPMUNet, load_backbone_state_dict
+from asyrp.models.diffusers_ddpm import is_diffusers_folder, load_diffusers_unet
+from asyrp.models.unet import CELEBA_HQ_256, DDPMUNet, HSpaceUNet, load_backbone_state_dict, unet_config
 
 UNET_FORMAT = "asyrp.unet"
 CLIP_FORMAT = "asyrp.clip"
@@ -27,8 +32,8 @@ CLIP_FORMAT = "asyrp.clip"
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    weights: str            # weights-registry name
-    config: Mapping[str, Any]
+    weights: str            # weights-registry name (a diffusers entry also has "<name>-config")
+    config: Mapping[str, Any] | None  # None: a diffusers folder, whose config.json defines the network
     lpips_domain: str | None  # LPIPS table for automatic t_edit / t_boost
     default_clip: str
 
@@ -37,13 +42,21 @@ BACKBONES = {
     "celeba-hq": BackboneSpec("ddpm-celeba-hq", CELEBA_HQ_256, "celeba", "ViT-B/16"),
     "lsun-church": BackboneSpec("ddpm-lsun-church", CELEBA_HQ_256, "church", "ViT-B/16"),
     "lsun-bedroom": BackboneSpec("ddpm-lsun-bedroom", CELEBA_HQ_256, "bedroom", "ViT-B/16"),
+    "afhq-dog": BackboneSpec("iddpm-afhq-dog", AFHQ_DICT, "afhq", "ViT-B/16"),
+    # no FFHQ LPIPS table was released: t_edit / t_boost come from the attribute's domain (celeba) or the CLI
+    "ffhq": BackboneSpec("iddpm-ffhq", AFHQ_DICT, None, "ViT-B/16"),
+    "metfaces": BackboneSpec("adm-metfaces", METFACE_DICT, "metface", "ViT-B/16"),
+    # SDEdit's networks in the diffusers format (google/ddpm-ema-*-256); the config comes from their config.json
+    "celeba-hq-diffusers": BackboneSpec("diffusers-ddpm-ema-celebahq-256", None, "celeba", "ViT-B/16"),
+    "lsun-church-diffusers": BackboneSpec("diffusers-ddpm-ema-church-256", None, "church", "ViT-B/16"),
+    "lsun-bedroom-diffusers": BackboneSpec("diffusers-ddpm-ema-bedroom-256", None, "bedroom", "ViT-B/16"),
 }
 TINY_WORLDS = ("shapes",)
 
 
 @dataclass
 class Backbone:
-    unet: DDPMUNet
+    unet: HSpaceUNet
     name: str
     fingerprint: str          # sha256 of the weights (identifies the model in caches and run configs)
     lpips_domain: str | None
@@ -60,7 +73,21 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_unet(unet: DDPMUNet, path: str | os.PathLike, dtype: torch.dtype | None = None, **meta) -> Path:
+def is_adm_config(config: Mapping[str, Any]) -> bool:
+    """create_model arguments (an iDDPM / ADM network) rather than a ddim ``model:`` block."""
+    return config.get("architecture") == "adm" or "num_channels" in config
+
+
+def normalised_unet_config(config: Mapping[str, Any]) -> dict:
+    return adm_config(config) if is_adm_config(config) else unet_config(config)
+
+
+def build_unet(config: Mapping[str, Any]) -> HSpaceUNet:
+    """The U-Net of a config: :class:`ADMUNet` for create_model arguments, else :class:`DDPMUNet`."""
+    return ADMUNet(config) if is_adm_config(config) else DDPMUNet(config)
+
+
+def save_unet(unet: HSpaceUNet, path: str | os.PathLike, dtype: torch.dtype | None = None, **meta) -> Path:
     """Write a U-Net with its config (``dtype=torch.float16`` to ship small files)."""
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
              for k, v in unet.state_dict().items()}
@@ -69,20 +96,21 @@ def save_unet(unet: DDPMUNet, path: str | os.PathLike, dtype: torch.dtype | None
     return Path(path)
 
 
-def load_unet_file(path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> DDPMUNet:
-    """A U-Net from a file of :func:`save_unet` (config inside) or a ddim-layout state dict plus ``config``."""
+def load_unet_file(path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> HSpaceUNet:
+    """A U-Net from a file of :func:`save_unet` (config inside) or a bare state dict (ddim layout, or the original
+    iDDPM / ADM key names) plus ``config``."""
     path = Path(path)
     obj = read_checkpoint(path)
     if isinstance(obj, Mapping) and obj.get("format") == UNET_FORMAT:
-        if config is not None and dict(DDPMUNet(config).config) != dict(obj["config"]):
+        if config is not None and normalised_unet_config(config) != normalised_unet_config(obj["config"]):
             raise CheckpointError(f"{path}: stored U-Net config {obj['config']} differs from the requested {config}")
         config, state = obj["config"], obj["state_dict"]
     else:
         if config is None:
             raise CheckpointError(f"{path}: a bare U-Net state dict; give its config (--unet-config model.yml, "
-                                  "the reference YAML) or use a named backbone (celeba-hq)")
+                                  "the reference YAML or create_model arguments) or use a named backbone (celeba-hq)")
         state = obj
-    unet = DDPMUNet(config)
+    unet = build_unet(config)
     load_backbone_state_dict(unet, {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
                              source=str(path))
     return unet
@@ -97,13 +125,20 @@ def load_backbone(name_or_path: str, config: Mapping[str, Any] | None = None, we
     elif name_or_path in BACKBONES:
         from asyrp import weights as registry
         spec = BACKBONES[name_or_path]
-        unet = load_unet_file(registry.resolve(spec.weights, weights_dir=weights_dir), config or spec.config)
+        weights = registry.resolve(spec.weights, weights_dir=weights_dir)
+        if spec.config is None:
+            unet = load_diffusers_unet(config_path=registry.resolve(f"{spec.weights}-config", weights_dir=weights_dir),
+                                       weights_path=weights)
+        else:
+            unet = load_unet_file(weights, config or spec.config)
         domain, clip = spec.lpips_domain, spec.default_clip
+    elif is_diffusers_folder(name_or_path):
+        unet, domain, clip = load_diffusers_unet(name_or_path), None, "ViT-B/16"
     elif Path(name_or_path).is_file():
         unet, domain, clip = load_unet_file(name_or_path, config), None, "ViT-B/16"
     else:
-        raise ValueError(f"unknown backbone {name_or_path!r}: give one of {sorted(BACKBONES) + list(TINY_WORLDS)} "
-                         "or the path to a checkpoint")
+        raise ValueError(f"unknown backbone {name_or_path!r}: give one of {sorted(BACKBONES) + list(TINY_WORLDS)}, "
+                         "the path to a checkpoint or a diffusers UNet2DModel folder")
     unet = unet.to(device).eval().requires_grad_(False)
     return Backbone(unet, name_or_path, fingerprint(unet), domain, clip)
 

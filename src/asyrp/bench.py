@@ -54,8 +54,11 @@ from pathlib import Path
 import torch
 
 from asyrp import diffusion as D
+from asyrp import fast as F
 from asyrp import sampling
 from asyrp import train as T
+from asyrp.guard import (ATTRIBUTE, GUARD_BOUNDS, SPEED_FIELDS, T_0, T_BOOST, T_EDIT, log_values,  # noqa: F401
+                         mode_config, numerical_guard, random_images, speed_switches)
 
 SCHEMA = "asyrp.bench/1"
 
@@ -65,9 +68,6 @@ TINY_UNET = dict(ch=32, out_ch=3, ch_mult=[1, 2, 2], num_res_blocks=1, attn_reso
 # A tiny open_clip CLIP at 16 px (OpenAI's tokenizer: vocabulary 49408, context 77).
 TINY_CLIP_CFG = dict(embed_dim=32, vision_cfg=dict(image_size=16, patch_size=4, width=64, layers=2, head_width=32),
                      text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2), quick_gelu=True)
-
-ATTRIBUTE = "smiling"   # the attribute table gives t_edit 513, t_boost 167, λ_CLIP 0.8
-T_EDIT, T_BOOST, T_0 = 513, 167, 999
 
 FLOPS_COUNTED = ("torch.utils.flop_counter.FlopCounterMode: matrix multiplies (mm, addmm, bmm, baddbmm), convolutions, "
                  "CUDA scaled-dot-product attention, and their backward passes, at 2 FLOPs per multiply-add; "
@@ -133,39 +133,10 @@ def build_models(tiny: bool = False, device: str | torch.device = "cpu", seed: i
 # Configs and the training step loop of asyrp.train
 # --------------------------------------------------------------------------------------------------
 
-def mode_config(mode: str, batch_size: int | None = None, compile: bool = False, device=None,
-                **overrides) -> T.TrainConfig:
-    """The TrainConfig of a benchmark mode: the attribute and schedule, then PRESETS[mode], then the batch size."""
-    base = dict(attribute=ATTRIBUTE, t_edit=T_EDIT, t_boost=T_BOOST, t_0=T_0, n_train_step=40,
-                device=str(device) if device is not None else None)
-    data = {**base, **T.PRESETS[mode]}
-    if batch_size is not None:
-        data["batch_size"] = batch_size
-    if compile:
-        data["compile"] = True
-    data.update(overrides)
-    cfg = T.TrainConfig(**data)
-    cfg.validate()
-    return cfg
-
-
-SPEED_FIELDS = ("precision", "batch_size", "l1_reference", "cache_source_embeddings", "channels_last", "compile",
-                "tf32")
-
-
-def speed_switches(cfg: T.TrainConfig) -> dict:
-    return {k: getattr(cfg, k) for k in SPEED_FIELDS}
-
-
 # The objects a training run steps with, and its speed settings, exactly as asyrp.train builds them.
 TrainSession = T.Session
 apply_speed_settings = T.apply_speed_settings
 make_direction = T.make_direction
-
-
-def log_values(records: list[dict]) -> list[dict]:
-    """Log records with their loss tensors as floats."""
-    return [{k: (float(v) if torch.is_tensor(v) else v) for k, v in r.items()} for r in records]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,9 +227,7 @@ def edit_flops_per_image(unet, x0: torch.Tensor, delta, alphas: torch.Tensor, pr
     return ((n_inv_step - 1) * f_plain + n_edited * f_edit + (n_test_step - n_edited) * f_plain) / x0.shape[0]
 
 
-def _images(n: int, size: int, seed: int, device) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 3, size, size, generator=g) * 2 - 1).to(device)
+_images = random_images
 
 
 def _entries(n: int, size: int, seed: int) -> list[dict]:
@@ -285,9 +254,11 @@ def bench_train(models: BenchModels, direction, cfg: T.TrainConfig, device, warm
     bs, pairs = cfg.batch_size, session.pairs
     entries, idx = _entries(bs, models.backbone.unet.image_size, seed), list(range(bs))
     timed = pairs if timed_steps <= 0 or timed_steps >= len(pairs) else pairs[:timed_steps]
-    if warmup_steps > 0:
+    start = time.perf_counter()
+    if warmup_steps > 0:  # the first steps pay for compiling (from the on-disk cache when it holds the graphs)
         session.run_batch(entries, idx, pairs[:warmup_steps])
     _sync(device)
+    warmup_seconds = time.perf_counter() - start
     _reset_peak(device)
     start = time.perf_counter()
     for _ in range(repeats):
@@ -297,7 +268,10 @@ def bench_train(models: BenchModels, direction, cfg: T.TrainConfig, device, warm
     peak_mem = _peak_memory(device)
     s_per_step = seconds / (repeats * len(timed))
     flops = train_flops_per_image(session, entries, idx)
-    out = {"batch_size": bs, "config": speed_switches(cfg), "grid_steps": len(pairs), "warmup_steps": warmup_steps,
+    out = {"batch_size": bs, "config": speed_switches(cfg), "compiled": session.compiled,
+           "objective": {"l1_reference": cfg.l1_reference, "l1_weight": cfg.l1_weight},
+           "grid_steps": len(pairs), "warmup_steps": warmup_steps, "warmup_seconds": warmup_seconds,
+           "skipped_steps": session.state.get("skipped_steps", 0),
            "timed_steps": len(timed), "repeats": repeats, "extrapolated": len(timed) < len(pairs),
            "seconds_timed": seconds, "s_per_step": s_per_step, "s_per_image": s_per_step * len(pairs) / bs,
            "peak_memory": peak_mem}
@@ -305,11 +279,13 @@ def bench_train(models: BenchModels, direction, cfg: T.TrainConfig, device, warm
 
 
 def bench_edit(models: BenchModels, block, precision: str, batch_size: int, device, repeats: int = 2,
-               n_inv_step: int = 40, n_test_step: int = 40, peak_tflops: float | None = None, seed: int = 0) -> dict:
-    """Editing throughput (inversion + edited generation) of one precision / batch size."""
+               n_inv_step: int = 40, n_test_step: int = 40, peak_tflops: float | None = None, seed: int = 0,
+               compile: bool = False, compile_mode: str = "default") -> dict:
+    """Editing throughput (inversion + edited generation) of one precision / batch size / compile switch."""
     device = torch.device(device)
-    unet = models.backbone.unet
-    unet.to(memory_format=torch.contiguous_format)  # asyrp.edit does not change the memory format
+    eager_unet = models.backbone.unet
+    eager_unet.to(memory_format=torch.contiguous_format)  # asyrp.edit does not change the memory format
+    unet = F.maybe_compiled(eager_unet, compile, compile_mode)
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)
     delta = sampling.DeltaSum([block], [1.0])  # strength 1, n_train_step = n_test_step
     x0 = _images(batch_size, unet.image_size, seed, device)
@@ -318,8 +294,10 @@ def bench_edit(models: BenchModels, block, precision: str, batch_size: int, devi
     def run(n_inv=n_inv_step, n_test=n_test_step):
         return edit_images(unet, x0, delta, alphas, idx, precision, n_inv, n_test)
 
-    run(4, 4)  # warm-up (not timed)
+    start = time.perf_counter()
+    run(4, 4)  # warm-up (not timed; compiles the encoder and decoder graphs: one for every timestep)
     _sync(device)
+    warmup_seconds = time.perf_counter() - start
     _reset_peak(device)
     start = time.perf_counter()
     for _ in range(repeats):
@@ -327,9 +305,11 @@ def bench_edit(models: BenchModels, block, precision: str, batch_size: int, devi
     _sync(device)
     seconds = time.perf_counter() - start
     peak_mem = _peak_memory(device)
-    flops = edit_flops_per_image(unet, x0, delta, alphas, precision, n_inv_step, n_test_step)
+    flops = edit_flops_per_image(eager_unet, x0, delta, alphas, precision, n_inv_step, n_test_step)
     n_edited = sum(t >= T_EDIT for t, _ in D.generative_pairs(n_test_step, T_0))
-    out = {"batch_size": batch_size, "config": {"precision": precision, "batch_size": batch_size},
+    out = {"batch_size": batch_size, "config": {"precision": precision, "batch_size": batch_size, "compile": compile,
+                                                "compile_mode": compile_mode},
+           "warmup_seconds": warmup_seconds,
            "n_inv_step": n_inv_step, "n_test_step": n_test_step, "edited_steps": n_edited, "repeats": repeats,
            "seconds_timed": seconds, "s_per_image": seconds / (repeats * batch_size), "peak_memory": peak_mem}
     return _finish(out, flops, peak_tflops)
@@ -340,231 +320,6 @@ def _ratio(fast: dict, ref: dict) -> dict:
         a, b = fast.get(k), ref.get(k)
         return a / b if a is not None and b else None
     return {k: r(k) for k in ("images_per_s", "s_per_image", "peak_memory", "flops_per_image", "tflops_achieved")}
-
-
-# --------------------------------------------------------------------------------------------------
-# Numerical guard
-# --------------------------------------------------------------------------------------------------
-
-GUARD_BOUNDS = {
-    "eps_edit_rel_err": 5e-2,
-    "loss_clip_rel_err": 5e-2,
-    "loss_l1_scaled_err": 5e-2,
-    "loss_scaled_err": 5e-2,
-    "inversion_ratio": 1.1,
-    "inversion_floor": 2e-2,
-    "delta_h_cosine": 0.98,
-}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
-
-
-def numerical_guard(unet, encoder, clip_size: int, *, device=None, batch_size: int = 4, n_train_step: int = 20,
-                    n_inv_step: int = 40, inversion_t_0: int = 400, lr: float = 5e-4, seed: int = 0,
-                    fast: dict | None = None, bounds: dict | None = None, backbone=None) -> dict:
-    """Fast vs reference mode on the same inputs; returns ``{"passed", "checks", "reported", "warnings", ...}``.
-
-    Settings: attribute ``smiling`` (t_edit 513), ``batch_size`` images x0 (uniform in [−1, 1]), x_T their fp32 DDIM
-    inversion (40 steps to t = 999, as the cache). *Reference*: PRESETS["reference"] (fp32, batch 1, chain L1 target,
-    no caching, contiguous). *Fast*: PRESETS["fast"] (bf16 autocast, same_xt, cached source embeddings,
-    channels_last) at batch ``batch_size``, updated with ``fast``. ``checks`` hold ``value``, ``bound``, ``passed``;
-    ``passed`` is their conjunction. ``bounds`` overrides :data:`GUARD_BOUNDS`. Measured values quoted below are
-    from the tiny U-Net / tiny CLIP of the tests (random weights, seeds 0–2) and, for ε, the full CelebA-HQ U-Net on a
-    CPU (random weights).
-
-    * ``eps_edit_rel_err`` = ‖ε̃_fast − ε̃_ref‖/‖ε̃_ref‖ of ``forward_edit`` at the first training timestep and at
-      t_edit (the max), ≤ 5e-2. bf16 keeps 8 significant bits (unit round-off 2⁻⁹ ≈ 2e-3); autocast rounds the
-      inputs and the output of every convolution / matmul, so each layer adds ~1e-3 relative error and the U-Net's
-      layers (GroupNorm renormalising between them) add up to ~1e-2: measured 1.8–2.1e-2 (tiny) and 0.93e-2 (full
-      size). 5e-2 leaves 2.5× headroom and still fails on real bugs (a lost Δh, a wrong memory format or dtype in
-      the maths give errors of order 1).
-    * The training loss of the first step of ``_train_batch`` in both modes (same x_T, same initial block, both at
-      ``batch_size``: at the first step ``chain`` and ``same_xt`` give the same L1 target and caching is exact, so
-      only rounding differs):
-
-      - ``loss_clip_rel_err``: relative error of the CLIP term, ≤ 5e-2. The image embeddings carry the ~1e-2 error of
-        the edited prediction and of the bf16 ViT; −log((1 + m)/2) is O(1). Measured 0.25–1.5e-2.
-      - ``loss_l1_scaled_err`` = |L1_fast − L1_ref| / S, ≤ 5e-2, with S = √((1−ᾱ_t)/ᾱ_t) · mean|ε_ref| the size of
-        the operands of the L1 difference P_edit − P_ref = −√((1−ᾱ_t)/ᾱ_t) (ε̃ − ε). The two decoders round
-        independently, so the error of the difference is ~√2 × 1e-2 of its *operands*, not of the difference: where
-        the edit moves ε by less than ~1 % (0.25 % at initialisation on the full-size random U-Net) bf16 noise
-        dominates the L1 value, whose plain relative error (reported: ``loss_l1_rel_err``) is then of order 1 (3.2 in
-        that measurement). Relative to S it is a bf16-sized error. Measured 0.4–1.7e-3 (tiny).
-      - ``loss_scaled_err`` = |L_fast − L_ref| / (λ_CLIP·L_clip,ref + λ_L1·cos_text·S), ≤ 5e-2: the total loss on the
-        same scale (its plain relative error is reported as ``loss_rel_err``).
-    * ``inversion_error``: DDIM inversion and reconstruction (``n_inv_step`` steps up to ``inversion_t_0``, η = 0) in
-      each mode's precision; e = ‖x_rec − x0‖/‖x0‖; bound ``e_fast ≤ 1.1·e_ref + 2e-2``. e_ref is DDIM's own
-      discretisation error. bf16 adds per-step ε errors of ~1e-2 relative (‖ε‖ ≲ ‖x0‖) entering through the same step
-      coefficients, uncorrelated with it and across steps, so they add ≲ 2e-2 of ‖x0‖ in quadrature; the 10 % allows
-      for a changed amplification along sensitive trajectories. Measured e_ref 0.059, e_fast 0.064 (tiny,
-      t_0 = 400). The default ``inversion_t_0 = 400`` is for *untrained* networks: with random weights and t_0 = 999
-      the reconstruction is chaotic (e_ref ≈ 40–70 on the tiny U-Net) and the check vacuous (``informative`` is
-      False when e_ref ≥ 1); with trained weights use 999.
-    * ``delta_h_cosine`` ≥ 0.98: one epoch over the ``batch_size`` images on an ``n_train_step`` grid (10 steps at
-      20, t_edit 513), SGD at ``lr``, through :func:`asyrp.train.train`, in the reference mode and in the fast mode
-      **with l1_reference="chain"** (so precision, batching, caching and memory format differ, the objective does
-      not). Compared: the *learnt change* of the blocks' outputs, f_fast(h) − f_0(h) vs f_ref(h) − f_0(h) (f_0 the
-      common initialisation), on the h of every image at every trained timestep. The raw outputs are dominated by
-      f_0 after a short run; their cosine (≥ 0.999 here) is reported as ``delta_h_cosine_raw``. Batch 1 takes
-      ``batch_size`` times more SGD steps of single-image gradients than the batch takes of their mean, which is the
-      same direction only to first order in ``lr`` — hence the small ``lr`` (at lr 5e-4 fp32 batch 1 vs batch 2 give
-      0.9998; at 0.05, 0.74). Why 0.98 and not 0.99: the L1 term's gradient is sign(P_edit − P_ref) per pixel, and
-      bf16 flips the sign wherever |P_edit − P_ref| is below its rounding noise, so bf16 perturbs the learnt change by
-      ~1 % in angle even at equal batching (fp32 vs bf16, L1 only: 0.986; CLIP only: 0.998). Measured (fast chain vs
-      reference): 0.989–0.993; a different objective (``same_xt`` vs ``chain``) gives 0.88–0.90 on the same run, so
-      0.98 separates rounding from a changed computation; 0.99 would fail on seed 1. The check needs an initial edit
-      above bf16's resolution: on the full-size random-weight U-Net (H200, edit_size 1.35e-3) it gave 0.635, and
-      ``benchmarks/guard_edit_size.py`` shows why on the tiny models — with the initial block scaled so that
-      edit_size is 2.6e-3 it drops to 0.48–0.56, and to 0.99 again with λ_L1 = 0: the L1 term's sign(P_edit − P_ref)
-      is then rounding noise (benchmarks/README.md).
-    * Reported, not bounded: the fast mode as shipped (``same_xt``) against the chain run and the reference
-      (``delta_h_cosine_same_xt_vs_chain``, ``delta_h_cosine_fast_vs_reference``): ``same_xt`` changes the L1 target
-      after the first step (the plain decoder at the edited trajectory's x_t instead of the unedited chain's x_t), a
-      different objective, not a rounding effect.
-    * Reported with a warning: ``p_edit_err_vs_image`` = √((1−ᾱ_t)/ᾱ_t)·‖δε̃‖/‖x0‖, the mode difference of the
-      predicted x0 that the CLIP and L1 terms see, per probed t. The factor is 157 at t = 999, 20 at 768, 4.3 at 538:
-      bf16's ~1e-2 ε error becomes an error of the order of the image itself at the top of the training grid
-      (measured 1.1 at t = 999 with ε rms 0.32; a trained U-Net has ε rms ≈ 1). Loss values with random weights do
-      not show it (their P_t is itself ~157× the image scale), which is why it is reported separately.
-    """
-    from asyrp.backbones import Backbone
-    from asyrp.models.delta import DeltaBlockConfig, load_delta_block
-
-    bounds = {**GUARD_BOUNDS, **(bounds or {})}
-    device = torch.device(device if device is not None else next(unet.parameters()).device)
-    unet = unet.to(device).eval().requires_grad_(False)
-    if backbone is None:
-        backbone = Backbone(unet, "guard", "random-init", "celeba", "custom")
-    size = unet.image_size
-    alphas = D.alphas_cumprod(D.linear_betas()).to(device)
-    if fast and "batch_size" in fast:
-        raise ValueError("the guard's fast mode runs at batch_size (the number of guard images); pass batch_size")
-    ref_cfg = mode_config("reference", device=device, n_train_step=n_train_step, lr=lr, seed=seed + 1234)
-    fast_cfg = mode_config("fast", batch_size=batch_size, device=device, n_train_step=n_train_step, lr=lr,
-                           seed=seed + 1234, **(fast or {}))
-    checks, reported, warnings = {}, {}, []
-
-    def check(name, value, bound, lower=False):
-        ok = bool(value >= bound) if lower else bool(value <= bound)
-        checks[name] = {"value": value, "bound": bound, "passed": ok and math.isfinite(value)}
-
-    # --- inversion -> reconstruction, fp32 vs bf16 (also gives the training entries: fp32 inversions) ---------------
-    x0 = _images(batch_size, size, seed, device)
-    recon = {}
-    for name, cfg in (("reference", ref_cfg), ("fast", fast_cfg)):
-        apply_speed_settings(cfg, unet, device)
-        with torch.no_grad(), T.autocast(device, cfg.precision):
-            x_T = sampling.invert(unet, x0, alphas, n_inv_step, inversion_t_0)
-            x_rec = sampling.generate(unet, x_T, alphas, n_inv_step, inversion_t_0)
-        recon[name] = (x_T.float(), _rel(x_rec.float(), x0))
-    e_ref, e_fast = recon["reference"][1], recon["fast"][1]
-    bound = bounds["inversion_ratio"] * e_ref + bounds["inversion_floor"]
-    check("inversion_error", e_fast, bound)
-    checks["inversion_error"].update({"e_ref": e_ref, "e_fast": e_fast, "t_0": inversion_t_0,
-                                      "n_inv_step": n_inv_step, "informative": e_ref < 1.0})
-    reported["x_T_rel_diff"] = _rel(recon["fast"][0], recon["reference"][0])
-    apply_speed_settings(ref_cfg, unet, device)
-    with torch.no_grad():
-        x_T = sampling.invert(unet, x0, alphas, 40, T_0)  # the training entries: fp32 inversions (as the cache)
-    entries = [{"name": f"guard{i}", "x0": x0[i].cpu(), "x_T": x_T[i].cpu()} for i in range(batch_size)]
-
-    # --- edited forward and first-step loss on the same inputs ----------------------------------------------------
-    direction = make_direction(encoder, clip_size, ref_cfg, device)
-    sessions = {}
-    for name, cfg in (("reference", dataclasses.replace(ref_cfg, batch_size=batch_size)), ("fast", fast_cfg)):
-        sessions[name] = TrainSession(cfg, backbone, direction, device)  # same seed: same initial block
-    idx = list(range(batch_size))
-    t_first = sessions["reference"].pairs[0][0]
-    eps_out = {}
-    for name, s in sessions.items():
-        apply_speed_settings(s.cfg, unet, device)
-        x = x_T.contiguous(memory_format=torch.channels_last) if s.cfg.channels_last else x_T
-        outs = []
-        for t in (t_first, T_EDIT):  # in the precision training uses at t (T.step_precision)
-            with torch.no_grad(), T.autocast(device, T.step_precision(s.cfg, t)):
-                eps, eps_edit, _, _ = unet.forward_edit(x, torch.full((batch_size,), float(t), device=device),
-                                                        s.block, T_EDIT)
-            outs.append((eps.float(), eps_edit.float()))
-        eps_out[name] = outs
-    check("eps_edit_rel_err", max(_rel(f[1], r[1]) for f, r in zip(eps_out["fast"], eps_out["reference"])),
-          bounds["eps_edit_rel_err"])
-    reported["eps_rel_err"] = max(_rel(f[0], r[0]) for f, r in zip(eps_out["fast"], eps_out["reference"]))
-    eps_r, eps_edit_r = eps_out["reference"][0]
-    reported["edit_size"] = _rel(eps_edit_r, eps_r)  # ‖ε̃ − ε‖/‖ε‖ of the fp32 reference at t_first
-    # error of the predicted x0 that the CLIP and L1 terms see, in units of the image: √((1−ᾱ)/ᾱ)·‖δε̃‖/‖x0‖
-    p_err = {}
-    for t, f, r in zip((t_first, T_EDIT), eps_out["fast"], eps_out["reference"]):
-        a = D.alpha_bar(alphas, t)
-        p_err[str(t)] = float(((1 - a) / a).sqrt() * (f[1] - r[1]).double().norm() / x0.double().norm())
-    reported["p_edit_err_vs_image"] = p_err
-    reported["eps_rms"] = float(eps_r.double().pow(2).mean().sqrt())
-    if p_err[str(t_first)] > 0.1:
-        a = D.alpha_bar(alphas, t_first)
-        warnings.append(f"P_edit (the predicted x0 that the CLIP and L1 terms see) at t={t_first} differs between "
-                        f"the modes by {p_err[str(t_first)]:.2g}× the image norm: ε's error is multiplied by "
-                        f"√((1−ᾱ)/ᾱ) = {float(((1 - a) / a).sqrt()):.0f} there "
-                        f"(ε rms {reported['eps_rms']:.2f}; ~1 for a trained U-Net)")
-    a_t = D.alpha_bar(alphas, t_first)
-    scale_l1 = float(((1 - a_t).sqrt() / a_t.sqrt()).mean() * eps_r.abs().mean())
-    losses = {}
-    for name, s in sessions.items():
-        apply_speed_settings(s.cfg, unet, device)
-        losses[name] = log_values(s.run_batch(entries, idx, [s.pairs[0]], eager=True))[0]
-    lr_, lf = losses["reference"], losses["fast"]
-    res = sessions["reference"].res
-    check("loss_clip_rel_err", abs(lf["loss_clip"] - lr_["loss_clip"]) / abs(lr_["loss_clip"]),
-          bounds["loss_clip_rel_err"])
-    check("loss_l1_scaled_err", abs(lf["loss_l1"] - lr_["loss_l1"]) / scale_l1, bounds["loss_l1_scaled_err"])
-    loss_scale = res.clip_weight * abs(lr_["loss_clip"]) + ref_cfg.l1_weight * abs(res.text_cosine) * scale_l1
-    check("loss_scaled_err", abs(lf["loss"] - lr_["loss"]) / loss_scale, bounds["loss_scaled_err"])
-    reported.update(loss_reference=lr_["loss"], loss_fast=lf["loss"],
-                    loss_rel_err=abs(lf["loss"] - lr_["loss"]) / abs(lr_["loss"]),
-                    loss_l1_reference=lr_["loss_l1"], loss_l1_fast=lf["loss_l1"], l1_operand_scale=scale_l1,
-                    loss_l1_rel_err=abs(lf["loss_l1"] - lr_["loss_l1"]) / max(abs(lr_["loss_l1"]), 1e-30))
-
-    # --- short training runs through asyrp.train.train: learnt Δh --------------------------------------------------
-    runs = {"reference": ref_cfg, "fast_chain": dataclasses.replace(fast_cfg, l1_reference="chain"),
-            "fast": fast_cfg}
-    blocks = {}
-    with tempfile.TemporaryDirectory(prefix="asyrp-guard-") as tmp:
-        for name, cfg in runs.items():
-            cfg = dataclasses.replace(cfg, preview_every=0, checkpoint_every=10 ** 9, log_every=10 ** 9)
-            apply_speed_settings(cfg, unet, device)  # train() sets channels_last but never unsets it
-            path = T.train(cfg, Path(tmp) / name, backbone=backbone, clip=(encoder, clip_size), entries=entries,
-                           progress=False)
-            blocks[name] = load_delta_block(path).to(device).eval()
-    apply_speed_settings(ref_cfg, unet, device)
-    f0 = T.init_block(ref_cfg, DeltaBlockConfig.from_dict(res.delta), device).eval()
-    with torch.no_grad():
-        outs = {k: [] for k in ("init", *blocks)}
-        for t, _ in D.training_pairs(n_train_step, T_EDIT, T_0):
-            h, _, temb = unet.encode(x_T, torch.full((batch_size,), float(t), device=device))
-            outs["init"].append(f0(h, temb))
-            for name, b in blocks.items():
-                outs[name].append(b(h, temb))
-        outs = {k: torch.cat(v) for k, v in outs.items()}
-    change = {k: outs[k] - outs["init"] for k in blocks}
-    check("delta_h_cosine", _cos(change["fast_chain"], change["reference"]), bounds["delta_h_cosine"], lower=True)
-    checks["delta_h_cosine"]["compared"] = "reference vs fast with l1_reference=chain"
-    reported.update(
-        delta_h_cosine_raw=_cos(outs["fast_chain"], outs["reference"]),
-        delta_h_cosine_same_xt_vs_chain=_cos(change["fast"], change["fast_chain"]),
-        delta_h_cosine_fast_vs_reference=_cos(change["fast"], change["reference"]),
-        delta_h_change_ratio=float(change["fast_chain"].norm() / change["reference"].norm().clamp_min(1e-30)))
-    unet.to(memory_format=torch.contiguous_format)
-    return {"passed": all(c["passed"] for c in checks.values()), "checks": checks, "reported": reported,
-            "warnings": warnings, "bounds": bounds,
-            "switches": {"reference": speed_switches(ref_cfg), "fast": speed_switches(fast_cfg)},
-            "settings": {"batch_size": batch_size, "n_train_step": n_train_step, "lr": lr, "t_edit": T_EDIT,
-                         "first_t": t_first, "inversion_t_0": inversion_t_0, "n_inv_step": n_inv_step}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,60 +336,93 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def run_benchmark(tiny: bool = False, device=None, train_batch: int = 9, edit_batch: int = 16, compile: bool = False,
-                  tasks=("train", "edit"), train_warmup: int = 2, train_steps: int = 5, repeats: int = 2,
-                  n_inv_step: int = 40, n_test_step: int = 40, guard: bool = False, seed: int = 0,
-                  progress=None) -> dict:
-    """Both modes, both tasks; returns the result record (one JSON object).
+TRAIN_MODES = ("reference", "reference_batch", "fast")
 
-    ``{schema, date, tiny, device{type, name, bf16_peak_tflops, torch, cuda, threads}, models{…}, settings{…},
-    memory_kind, flops_counted, method{train, edit}, train{reference, fast, ratio}, edit{reference, fast, ratio},
-    guard}``; each mode has ``images_per_s, s_per_image, peak_memory, flops_per_image, tflops_achieved,
-    peak_fraction, batch_size, config`` and timing details; ``ratio`` is fast / reference for each of them.
+
+def run_benchmark(tiny: bool = False, device=None, train_batch: int = 9, edit_batch: int = 16,
+                  compile: bool | None = None, tasks=("train", "edit"), modes=TRAIN_MODES, train_warmup: int = 2,
+                  train_steps: int = 5, repeats: int = 2, n_inv_step: int = 40, n_test_step: int = 40,
+                  guard: bool = False, seed: int = 0, fast_overrides: dict | None = None, progress=None) -> dict:
+    """The modes of each task in one process; returns the result record (one JSON object).
+
+    Training modes: ``reference`` (the reference preset at batch 1, the original's work), ``reference_batch`` (the
+    reference preset at ``train_batch``: the same batch as the fast mode), ``fast`` (the fast preset at
+    ``train_batch``; ``compile`` None = the preset's choice, on CUDA only; ``fast_overrides`` sets other TrainConfig
+    fields). Editing: ``reference`` (fp32, batch 1) and ``fast`` (fp16, ``edit_batch``, compiled as ``compile``).
+
+    ``{schema, date, tiny, device{…}, models{…}, settings{…}, memory_kind, flops_counted, method{train, edit},
+    train{<mode>…, ratio, ratio_batch1}, edit{reference, fast, ratio}, guard}``; each mode has ``images_per_s,
+    s_per_image, peak_memory, flops_per_image, tflops_achieved, peak_fraction, batch_size, config, warmup_seconds``
+    and timing details; ``ratio`` is fast / the reference at the same batch size, ``ratio_batch1`` fast / the reference
+    at batch 1.
     """
     from asyrp.io import default_device
     device = default_device(device)
     say = progress or (lambda msg: None)
     info = device_info(device)
     peak = info["bf16_peak_tflops"]
+    unknown = set(modes) - set(TRAIN_MODES)
+    if unknown:
+        raise ValueError(f"unknown mode(s) {sorted(unknown)}; choose from {', '.join(TRAIN_MODES)}")
     say(f"building models ({'tiny' if tiny else 'full size'}) on {device}")
     models = build_models(tiny, device, seed)
+    edit_compile = F.resolve_compile(compile, device)
     record = {"schema": SCHEMA, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "tiny": tiny, "device": info, "models": models.description,
               "settings": {"attribute": ATTRIBUTE, "t_0": T_0, "t_edit": T_EDIT, "t_boost": T_BOOST,
                            "n_train_step": 40, "train_grid_steps": len(D.training_pairs(40, T_EDIT, T_0)),
                            "n_inv_step": n_inv_step, "n_test_step": n_test_step, "compile": compile,
-                           "delta_block": "conv (official)"},
+                           "fast_overrides": fast_overrides or {}, "delta_block": "conv (official)",
+                           "compile_cache": str(F.compile_cache_dir())},
               "memory_kind": memory_kind(device), "flops_counted": FLOPS_COUNTED,
               "method": {
-                  "train": (f"{train_warmup} warm-up steps, then {repeats} × asyrp.train._train_batch over the first "
-                            f"{train_steps or 'all'} steps of the training grid; s/image = s/step × grid steps / "
-                            "batch size (extrapolated when fewer than all grid steps are timed)"),
-                  "edit": (f"1 warm-up batch on a 4-step grid, then {repeats} × (sampling.invert, {n_inv_step} steps, "
-                           f"+ sampling.generate, {n_test_step} steps, Δh for t ≥ {T_EDIT}, η = 1 below {T_BOOST}); "
-                           "s/image = s/batch / batch size")},
+                  "train": (f"{train_warmup} warm-up steps (timed apart: warmup_seconds, compile included), then "
+                            f"{repeats} × asyrp.train._train_batch over the first {train_steps or 'all'} steps of the "
+                            "training grid; s/image = s/step × grid steps / batch size (extrapolated when fewer than "
+                            "all grid steps are timed)"),
+                  "edit": (f"1 warm-up batch on a 4-step grid (warmup_seconds, compile included), then {repeats} × "
+                           f"(sampling.invert, {n_inv_step} steps, + sampling.generate, {n_test_step} steps, Δh for "
+                           f"t ≥ {T_EDIT}, η = 1 below {T_BOOST}); s/image = s/batch / batch size")},
               "train": None, "edit": None, "guard": None}
-    modes = {"reference": mode_config("reference", device=device),
-             "fast": mode_config("fast", batch_size=train_batch, compile=compile, device=device)}
-    direction = make_direction(models.encoder, models.clip_size, modes["reference"], device)
+    configs = {"reference": mode_config("reference", device=device),
+               "reference_batch": mode_config("reference", batch_size=train_batch, device=device),
+               "fast": mode_config("fast", batch_size=train_batch, compile=compile, device=device,
+                                   **(fast_overrides or {}))}
+    direction = make_direction(models.encoder, models.clip_size, configs["reference"], device)
     if "train" in tasks:
         record["train"] = {}
-        for name, cfg in modes.items():
-            say(f"train {name} (batch {cfg.batch_size})")
+        for name in modes:
+            if name == "reference_batch" and train_batch == 1 and "reference" in modes:
+                continue  # the same run as "reference"
+            cfg = configs[name]
+            say(f"train {name} (batch {cfg.batch_size}, {cfg.precision}, compile {cfg.compile})")
             record["train"][name] = bench_train(models, direction, cfg, device, train_warmup, train_steps, repeats,
                                                 peak, seed)
-        record["train"]["ratio"] = _ratio(record["train"]["fast"], record["train"]["reference"])
+            say(f"  {record['train'][name]['images_per_s']:.3g} images/s, warm-up "
+                f"{record['train'][name]['warmup_seconds']:.1f} s")
+        tr = record["train"]
+        same = tr.get("reference_batch") or (tr.get("reference") if train_batch == 1 else None)
+        if "fast" in tr and same:
+            tr["ratio"] = _ratio(tr["fast"], same)
+        if "fast" in tr and "reference" in tr:
+            tr["ratio_batch1"] = _ratio(tr["fast"], tr["reference"])
     if "edit" in tasks:
         from asyrp.models.delta import DeltaBlockConfig
-        res = T.resolve_run(modes["reference"], models.backbone, direction)
-        block = T.init_block(modes["reference"], DeltaBlockConfig.from_dict(res.delta), device).eval()
+        res = T.resolve_run(configs["reference"], models.backbone, direction)
+        block = T.init_block(configs["reference"], DeltaBlockConfig.from_dict(res.delta), device).eval()
         record["edit"] = {}
-        for name, (precision, bs) in {"reference": ("fp32", 1), "fast": ("bf16", edit_batch)}.items():
-            say(f"edit {name} (batch {bs})")
-            apply_speed_settings(modes[name], models.backbone.unet, device)  # TF32 flags of the mode
+        edit_modes = {"reference": ("fp32", 1, False), "fast": ("fp16", edit_batch, edit_compile)}
+        for name, (precision, bs, comp) in edit_modes.items():
+            if name not in modes and not (name == "reference" and "reference_batch" in modes):
+                continue
+            say(f"edit {name} (batch {bs}, {precision}, compile {comp})")
+            apply_speed_settings(configs[name], models.backbone.unet, device)  # TF32 flags of the mode
             record["edit"][name] = bench_edit(models, block, precision, bs, device, repeats, n_inv_step, n_test_step,
-                                              peak, seed)
-        record["edit"]["ratio"] = _ratio(record["edit"]["fast"], record["edit"]["reference"])
+                                              peak, seed, compile=comp)
+            say(f"  {record['edit'][name]['images_per_s']:.3g} images/s, warm-up "
+                f"{record['edit'][name]['warmup_seconds']:.1f} s")
+        if {"fast", "reference"} <= set(record["edit"]):
+            record["edit"]["ratio"] = _ratio(record["edit"]["fast"], record["edit"]["reference"])
     if guard:
         say("numerical guard")
         record["guard"] = numerical_guard(models.backbone.unet, models.encoder, models.clip_size, device=device,
@@ -650,28 +438,31 @@ def _fmt(v, spec: str) -> str:
 def format_table(record: dict) -> str:
     lines = [f"asyrp bench — {record['device']['type']} {record['device']['name'] or ''} "
              f"({'tiny models' if record['tiny'] else 'full-size models'}, random weights)",
-             f"{'task':6s} {'mode':10s} {'batch':>5s} {'img/s':>10s} {'s/img':>10s} {'peak MiB':>10s} "
-             f"{'GFLOP/img':>11s} {'TFLOP/s':>9s} {'%bf16pk':>8s}"]
+             f"{'task':6s} {'mode':16s} {'batch':>5s} {'img/s':>10s} {'s/img':>10s} {'peak MiB':>10s} "
+             f"{'GFLOP/img':>11s} {'TFLOP/s':>9s} {'%bf16pk':>8s} {'warm-up s':>9s}"]
     for task in ("train", "edit"):
         block = record.get(task)
         if not block:
             continue
-        for mode in ("reference", "fast"):
-            m = block[mode]
+        for mode, m in block.items():
+            if mode.startswith("ratio"):
+                continue
             mem = m["peak_memory"] / 2 ** 20 if m["peak_memory"] is not None else None
             frac = m["peak_fraction"] * 100 if m["peak_fraction"] is not None else None
-            lines.append(f"{task:6s} {mode:10s} {m['batch_size']:5d} {m['images_per_s']:10.4g} "
+            lines.append(f"{task:6s} {mode:16s} {m['batch_size']:5d} {m['images_per_s']:10.4g} "
                          f"{m['s_per_image']:10.4g} "
                          f"{_fmt(mem, '10.1f')} {m['flops_per_image'] / 1e9:11.4g} {m['tflops_achieved']:9.4g} "
-                         f"{_fmt(frac, '8.2f')}")
-        r = block["ratio"]
-        lines.append(f"{task:6s} {'fast/ref':10s} {'':5s} {_fmt(r['images_per_s'], '10.3g')} "
-                     f"{_fmt(r['s_per_image'], '10.3g')} {_fmt(r['peak_memory'], '10.3g')} "
-                     f"{_fmt(r['flops_per_image'], '11.3g')} {_fmt(r['tflops_achieved'], '9.3g')}")
+                         f"{_fmt(frac, '8.2f')} {_fmt(m.get('warmup_seconds'), '9.1f')}")
+        for key, label in (("ratio", "fast/ref"), ("ratio_batch1", "fast/ref b1")):
+            r = block.get(key)
+            if r:
+                lines.append(f"{task:6s} {label:16s} {'':5s} {_fmt(r['images_per_s'], '10.3g')} "
+                             f"{_fmt(r['s_per_image'], '10.3g')} {_fmt(r['peak_memory'], '10.3g')} "
+                             f"{_fmt(r['flops_per_image'], '11.3g')} {_fmt(r['tflops_achieved'], '9.3g')}")
     g = record.get("guard")
     if g:
         lines.append(f"guard: {'PASSED' if g['passed'] else 'FAILED'} — " + ", ".join(
-            f"{k} {c['value']:.3g} ({'≥' if k == 'delta_h_cosine' else '≤'} {c['bound']:.3g})"
+            f"{k} {c['value']:.4g} ({'≥' if k.startswith('delta_h_cosine') else '≤'} {c['bound']:.4g})"
             for k, c in g["checks"].items()))
         lines += [f"guard warning: {w}" for w in g.get("warnings", [])]
     return "\n".join(lines)
@@ -692,8 +483,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cuda / cpu (default: CUDA when present)")
     p.add_argument("--train-batch", type=int, help="fast-mode training batch size (default 9; tiny 2)")
     p.add_argument("--edit-batch", type=int, help="fast-mode editing batch size (default 16; tiny 4)")
-    p.add_argument("--compile", action="store_true", help="fast mode with TrainConfig.compile (torch.compile)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the fast mode's U-Net (default: the fast preset's choice, on CUDA only)")
     p.add_argument("--tasks", default="train,edit", help="train,edit (default both)")
+    p.add_argument("--modes", default=",".join(TRAIN_MODES),
+                   help="reference (batch 1), reference_batch (the fast mode's batch), fast (default: all three)")
+    p.add_argument("--fast-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set a TrainConfig field of the fast mode, e.g. compile_mode=reduce-overhead (repeatable)")
     p.add_argument("--train-warmup", type=int, default=2, help="untimed training steps per mode (default 2)")
     p.add_argument("--train-steps", type=int, help="timed steps per repeat, 0 = the whole grid (default 5; tiny 3)")
     p.add_argument("--repeats", type=int, help="timed repeats per mode and task (default 2; tiny 1)")
@@ -708,6 +504,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["compile_mode=reduce-overhead", "precision=bf16"]`` → TrainConfig field values (typed as the field)."""
+    from asyrp import config as C
+    fields = {f.name: f for f in dataclasses.fields(T.TrainConfig)}
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--fast-set {item!r}: expected FIELD=VALUE with a TrainConfig field "
+                             f"(e.g. compile_mode=reduce-overhead)")
+        out[name] = C.parse_value(T.TrainConfig, name, value)
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     from asyrp.io import default_device
     if args.threads:
@@ -718,13 +528,15 @@ def main(args: argparse.Namespace) -> int:
     unknown = set(tasks) - {"train", "edit"}
     if unknown:
         raise ValueError(f"unknown task(s) {sorted(unknown)}; choose from train, edit")
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    overrides = parse_overrides(args.fast_set)
 
     def pick(value, full, small):
         return value if value is not None else (small if tiny else full)
 
     record = run_benchmark(
         tiny=tiny, device=device, train_batch=pick(args.train_batch, 9, 2), edit_batch=pick(args.edit_batch, 16, 4),
-        compile=args.compile, tasks=tasks, train_warmup=args.train_warmup, train_steps=pick(args.train_steps, 5, 3),
+        compile=args.compile, tasks=tasks, modes=modes, fast_overrides=overrides, train_warmup=args.train_warmup, train_steps=pick(args.train_steps, 5, 3),
         repeats=pick(args.repeats, 2, 1), n_inv_step=pick(args.n_inv_step, 40, 10),
         n_test_step=pick(args.n_test_step, 40, 10),
         guard=args.guard if args.guard is not None else device.type == "cuda",

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-backbone": ("asyrp.worlds.train_backbone", "train the tiny DDPM of the shapes world"),
     "train-clip": ("asyrp.worlds.train_clip", "train the tiny CLIP of the shapes world"),
     "bench": ("asyrp.bench", "benchmark training and editing: reference vs fast mode"),
+    "app": ("asyrp.app", "an editor in the browser: pick an image, directions and strengths, see the edit"),
 }
 
 

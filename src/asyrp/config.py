@@ -79,6 +79,24 @@ def _check_numbers(cls, name: str, value) -> None:
         raise ValueError(f"{cls.__name__}.{name}: expected a list of numbers (e.g. [-1, 0.5, 1]), got {value!r}")
 
 
+def parse_value(cls, name: str, text: str):
+    """A field's value from text, typed as the field (bool: true/false/1/0/yes/no; none/null: None)."""
+    tp = _base_type(typing.get_type_hints(cls)[name])
+    if text.strip().lower() in ("none", "null"):
+        return None
+    if tp is bool:
+        value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.strip().lower())
+        if value is None:
+            raise ValueError(f"{name}: {text!r} is not a boolean (true/false)")
+        return value
+    if tp is list:
+        return _parse_list(text)
+    try:
+        return tp(text) if tp in (int, float) else text
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not a{'n' if tp is int else ''} {tp.__name__}") from None
+
+
 def overrides_from_args(cls, args: argparse.Namespace, prefix: str = "") -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     return {n: getattr(args, prefix + n) for n in names if getattr(args, prefix + n, None) is not None}

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from asyrp.io import atomic_json
+from asyrp.layouts import METFACES_TEST_SIZE, LayoutError, find_layout
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
@@ -518,6 +519,17 @@ def _open_path(path: Path, image_size: int, split: str | None) -> ImageDataset:
         if split is not None:
             raise DataError(f"{path} is a single LMDB; split {split!r} needs a folder holding LMDB_{split}")
         return LMDBImages(path, image_size)
+    try:
+        layout = find_layout(path, split)
+    except LayoutError as e:
+        raise DataError(str(e)) from None
+    if layout is not None:
+        dataset = ImageFolder(layout.folder, image_size, recursive=layout.recursive)
+        if layout.part is None:
+            return dataset
+        n_test = min(METFACES_TEST_SIZE, len(dataset))
+        return take(dataset, start=len(dataset) - n_test) if layout.part == "test" else \
+            take(dataset, len(dataset) - n_test)
     if path.is_dir():
         lmdb_splits = _lmdb_splits(path)
         if split is not None:
@@ -539,9 +551,9 @@ def open_images(spec: str | os.PathLike | Dataset, image_size: int, split: Any =
                 start: int = 0) -> Dataset:
     """Open an image source as a dataset of item dicts.
 
-    ``spec``: a folder of images (or one image file) → :class:`ImageFolder`; an LMDB folder (has data.mdb) →
-    :class:`LMDBImages`; a folder holding ``LMDB_train``/``LMDB_test`` → the LMDB named by ``split``; an existing
-    dataset is used as it is.
+    ``spec``: a folder of images (or one image file) → :class:`ImageFolder`; an AFHQ or MetFaces root → its images
+    of ``split`` (see :mod:`asyrp.layouts`); an LMDB folder (has data.mdb) → :class:`LMDBImages`; a folder holding
+    ``LMDB_train``/``LMDB_test`` → the LMDB named by ``split``; an existing dataset is used as it is.
     ``split``: a plain name ("train", "test": ``LMDB_<name>`` or the subfolder ``<name>``), or a split file and
     part, as ``"splits.json:test"`` or ``("splits.json", "test")``, selecting those names in the file's order.
     ``n``/``start``: then keep ``n`` items from ``start`` (see :func:`take`).

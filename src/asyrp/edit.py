@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from asyrp import config as C
 from asyrp import diffusion as D
+from asyrp import fast
 from asyrp import sampling
 from asyrp.attributes import attribute_table
 from asyrp.cli import UserError
@@ -58,7 +59,8 @@ class EditConfig:
     c0: float = 1.0                                  # multiplier of h (reference: hs_coeff_origin_h)
     seed: int = 0                                    # boost noise, per image
     batch_size: int = 8
-    precision: str = "fp32"
+    precision: str = "fp32"                          # fp32 | bf16 | fp16 (autocast of the U-Net; DDIM maths in fp32)
+    compile: bool | None = False                     # torch.compile the U-Net halves (None: on CUDA only)
     delta_config: str | None = None                  # for extension files: "kind=pixel_channel,heads=8,..."
     device: str | None = None
 
@@ -140,6 +142,17 @@ def settings_for(cfg: EditConfig, directions: list[Direction]) -> list[dict]:
     return out
 
 
+def edit_times(cfg: EditConfig, directions: list[Direction]) -> tuple[int, int | None]:
+    """(t_edit, t_boost) of an edit: the config's, else the latest t_edit and the first t_boost of the directions
+    (t_boost None when boosting is off)."""
+    t_edit = cfg.t_edit if cfg.t_edit is not None else max((d.t_edit for d in directions if d.t_edit is not None),
+                                                           default=None)
+    if t_edit is None:
+        raise UserError("t_edit is unknown for these directions; give --t-edit")
+    t_boost = cfg.t_boost if cfg.t_boost is not None else next((d.t_boost for d in directions if d.t_boost), None)
+    return t_edit, (t_boost if cfg.boost else None)
+
+
 def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict] | None = None,
          directions: list[Direction] | None = None, weights_dir: str | None = None, progress: bool = True,
          distributed=None) -> dict:
@@ -155,13 +168,7 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         if not cfg.directions:
             raise UserError("give at least one direction (--direction runs/smiling/delta.pt)")
         directions = [load_direction(d, backbone, cfg, weights_dir) for d in cfg.directions]
-    t_edit = cfg.t_edit if cfg.t_edit is not None else max((d.t_edit for d in directions if d.t_edit is not None),
-                                                           default=None)
-    if t_edit is None:
-        raise UserError("t_edit is unknown for these directions; give --t-edit")
-    t_boost = cfg.t_boost if cfg.t_boost is not None else next((d.t_boost for d in directions if d.t_boost), None)
-    if not cfg.boost:
-        t_boost = None
+    t_edit, t_boost = edit_times(cfg, directions)
     settings = settings_for(cfg, directions)
     record = {"config": C.to_dict(cfg), "t_edit": t_edit, "t_boost": t_boost,
               "backbone_sha256": backbone.fingerprint,
@@ -186,7 +193,8 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
     mine = distributed.shard(order) if distributed is not None else order
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)
     blocks = [d.block for d in directions]
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else _null()
+    amp = fast.autocast(device, cfg.precision)
+    unet = fast.maybe_compiled(unet, fast.resolve_compile(cfg.compile, device))  # one graph for every timestep
     bar = tqdm(total=len(mine), desc="edit", unit="img", disable=not (progress and is_main))
     for start in range(0, len(mine), cfg.batch_size):
         idx = mine[start:start + cfg.batch_size]
@@ -221,14 +229,6 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         record["grid_columns"] = folders
         atomic_json(out_dir / "edit.json", record)
     return record
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class WeightSpec:
     kind: str = ""  # ddpm | clip | inception | direction
     description: str = ""
     note: str = ""  # shown in errors: dead links, manual steps
+    manual: bool = False  # the URL is a web page (a OneDrive folder): fetch by hand, never downloaded here
 
     @property
     def hash_text(self) -> str:
@@ -106,6 +107,32 @@ _DDPM_SPECS = (
              "https://huggingface.co/XUXR/SDEdit/resolve/main/ema_lsun_church.ckpt, or DDIM's converted "
              "ema_lsun_church model); no sha256 is published, so the first copy used is pinned"),
 )
+
+# The iDDPM (AFHQ-dog, FFHQ) and guided-diffusion P2 (MetFaces) checkpoints of Asyrp's README are published only in
+# the OneDrive folder of the P2-weighting / ILVR authors (no direct link, no published sha256). sha256 stays None
+# until someone records the hash of a verified copy; until then the first copy used is pinned (trust on first use).
+_P2_ONEDRIVE = "https://1drv.ms/u/s!AkQjJhxDm0Fyhqp_4gkYjwVRBe8V_w?e=Et3ITH"
+_ONEDRIVE_NOTE = ("published only in a OneDrive folder (P2-weighting / ILVR authors): download it in a browser; no "
+                  "sha256 is recorded yet, so the first copy used is pinned (trust on first use)")
+_ADM_SPECS = tuple(
+    WeightSpec(name=name, filename=filename, urls=(_P2_ONEDRIVE,), size_bytes=None, kind="iddpm", manual=True,
+               description=description, note=_ONEDRIVE_NOTE)
+    for name, filename, description in (
+        ("iddpm-afhq-dog", "afhq_dog_4m.pt", "AFHQ-dog 256 iDDPM (ILVR), about 375 MB"),
+        ("iddpm-ffhq", "ffhq_10m.pt", "FFHQ 256 iDDPM (ILVR), about 375 MB"),
+        ("adm-metfaces", "metface_p2.pt", "MetFaces 256 guided-diffusion U-Net with P2 weighting, about 375 MB")))
+
+# The same DDPM networks as SDEdit's checkpoints in the diffusers format (a folder: config.json + weights), loaded
+# into DDPMUNet by key conversion (asyrp.models.diffusers_ddpm). Files are kept under <repo name>/ as in a clone.
+_HF = "https://huggingface.co"
+_DIFFUSERS_SPECS = tuple(
+    WeightSpec(name=f"diffusers-{repo}{suffix}", filename=f"{repo}/{file}",
+               urls=(f"{_HF}/google/{repo}/resolve/main/{file}",), kind="diffusers",
+               description=f"google/{repo} {what} (diffusers UNet2DModel)",
+               note="no sha256 is published, so the first copy used is pinned (trust on first use)")
+    for repo in ("ddpm-ema-celebahq-256", "ddpm-ema-church-256", "ddpm-ema-bedroom-256")
+    for suffix, file, what in (("", "diffusion_pytorch_model.bin", "weights, about 455 MB"),
+                               ("-config", "config.json", "config")))
 
 _OPENAI_CLIP = "https://openaipublic.azureedge.net/clip/models"
 # OpenAI's download path segment is the file's sha256 (their clip.py verifies it); URLs as in open_clip 3.3.0.
@@ -169,7 +196,7 @@ def _direction_spec(attr: str, category: str) -> WeightSpec:
 # Read-only: the registry is data, not state.
 REGISTRY: Mapping[str, WeightSpec] = types.MappingProxyType({
     spec.name: spec for spec in (
-        *_DDPM_SPECS, *_CLIP_SPECS, _INCEPTION_SPEC,
+        *_DDPM_SPECS, *_ADM_SPECS, *_DIFFUSERS_SPECS, *_CLIP_SPECS, _INCEPTION_SPEC,
         *(_direction_spec(attr, category) for attr, category in _ASYRP_DIRECTIONS.items()))
 })
 
@@ -186,8 +213,13 @@ def direction_names() -> list[str]:
 
 
 def _known_names_text() -> str:
-    others = [name for name, spec in REGISTRY.items() if spec.kind != "direction"]
-    return ", ".join(others) + ", asyrp-<attribute> (see `asyrp download --list`)"
+    """The registry's names grouped by prefix (``ddpm-* (3)``): short enough for a one-line error."""
+    groups: dict[str, list[str]] = {}
+    for name, spec in REGISTRY.items():
+        if spec.kind != "direction":
+            groups.setdefault(name.split("-", 1)[0], []).append(name)
+    parts = [names[0] if len(names) == 1 else f"{prefix}-* ({len(names)})" for prefix, names in groups.items()]
+    return ", ".join(parts) + ", asyrp-<attribute> (see `asyrp download --list`)"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -343,6 +375,9 @@ def fetch(name: str, progress: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
     :class:`ChecksumError` when a download arrived but did not match (nothing is left under the final name).
     """
     spec = get_spec(name)
+    if spec.manual:
+        raise MissingWeightsError(_missing_message(
+            spec, weights_dir, "it is not in any weights folder and cannot be downloaded automatically"))
     target = weights_cache_dir() / spec.filename
     _remove_stale_partial_downloads(target)
     failures: list[str] = []

@@ -1,10 +1,14 @@
-"""Delta blocks f(h, temb) → Δh: the official 1×1-conv block and the transformer family of the extension study.
+"""Delta blocks f(h, temb) → Δh: the official 1×1-conv blocks (DDPM and iDDPM / ADM backbones) and the transformer
+family of the extension study.
 
 Every block is  in_layer → time-embedding step → out_layer, where
 
 * in_layer / out_layer are a 1×1 conv (``conv``), or transformer encoders over pixel tokens (``pixel``: H·W tokens
   of width C), channel tokens (``channel``: C tokens of width H·W), or both in either order
   (``pixel_channel``, ``channel_pixel``);
+* ``adm``: the iDDPM / ADM block of the AFHQ-dog and MetFaces directions, GroupNorm → SiLU → 1×1 conv, + Linear(
+  swish(temb)), GroupNorm → SiLU → dropout → 1×1 conv (keys ``in_layers.{0,2}``, ``emb_layers.1``, ``out_layers.{0,3}``;
+  only ``add`` / ``none`` time embeddings, group norm and SiLU);
 * the time-embedding step is  act(norm(z + P(swish(temb))))  for ``add``, act(norm(z ⊙ P(swish(temb)))) for
   ``mult``, act(AdaGroupNorm(z, temb)) for ``adagn``, and act(norm(z)) for ``none``;
   ``norm`` is GroupNorm(32) (``group``) or per-channel GroupNorm(C) (``instance``), ``act`` is SiLU/GELU/ReLU.
@@ -18,6 +22,7 @@ block from it and refuses a block of another configuration.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import zipfile
@@ -27,11 +32,14 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from asyrp.io import atomic_torch_save
+from asyrp.io import atomic_torch_save, atomic_write_bytes
+from asyrp.models.adm import normalization
 
-KINDS = ("conv", "pixel", "channel", "pixel_channel", "channel_pixel")
+KINDS = ("conv", "pixel", "channel", "pixel_channel", "channel_pixel", "adm")
 TIME_EMBEDDINGS = ("add", "mult", "adagn", "none")
 NORMS = ("group", "instance")
 ACTIVATIONS = ("silu", "gelu", "relu")
@@ -70,7 +78,10 @@ class DeltaBlockConfig:
                               ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DeltaBlockConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
-        if self.kind != "conv":
+        if self.kind == "adm" and (self.time_embedding not in ("add", "none") or self.norm != "group"
+                                   or self.activation != "silu"):
+            raise ValueError("an adm delta block has time_embedding add or none, norm group and activation silu")
+        if self.kind not in ("conv", "adm"):
             widths = {"pixel": [self.channels], "channel": [self.spatial_size ** 2]}
             for width in widths.get(self.kind, [self.channels, self.spatial_size ** 2]):
                 if width % self.heads:
@@ -230,7 +241,32 @@ class DeltaBlock(nn.Module):
         return self._out(z)
 
 
-def build_delta_block(cfg: DeltaBlockConfig | Mapping[str, Any] | None = None, **overrides) -> DeltaBlock:
+class ADMDeltaBlock(nn.Module):
+    """The iDDPM / ADM delta block (the original's ``DeltaBlock`` of models/improved_ddpm/unet.py): unlike the DDPM
+    block it normalises h before the first conv. Norms are GroupNorm(32) in float32, eps 1e-5, as in that U-Net."""
+
+    def __init__(self, cfg: DeltaBlockConfig):
+        super().__init__()
+        self.config = c = cfg
+        self.in_layers = nn.Sequential(normalization(c.channels), nn.SiLU(), nn.Conv2d(c.channels, c.channels, 1))
+        if cfg.time_embedding == "add":
+            self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(c.temb_channels, c.channels))
+        self.out_layers = nn.Sequential(normalization(c.channels), nn.SiLU(), nn.Dropout(c.dropout),
+                                        nn.Conv2d(c.channels, c.channels, 1))
+        if cfg.zero_init:
+            with torch.no_grad():
+                self.out_layers[3].weight.zero_()
+                self.out_layers[3].bias.zero_()
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        z = self.in_layers(h)
+        if temb is not None and hasattr(self, "emb_layers"):
+            z = z + self.emb_layers(temb).type(z.dtype)[:, :, None, None]
+        return self.out_layers(z)
+
+
+def build_delta_block(cfg: DeltaBlockConfig | Mapping[str, Any] | None = None,
+                      **overrides) -> DeltaBlock | ADMDeltaBlock:
     """Build a fresh block from a config (a :class:`DeltaBlockConfig`, a dict, or keyword overrides)."""
     if cfg is None:
         cfg = DeltaBlockConfig()
@@ -238,7 +274,7 @@ def build_delta_block(cfg: DeltaBlockConfig | Mapping[str, Any] | None = None, *
         cfg = DeltaBlockConfig.from_dict(cfg)
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
-    return DeltaBlock(cfg)
+    return ADMDeltaBlock(cfg) if cfg.kind == "adm" else DeltaBlock(cfg)
 
 
 def seed_config(ctor_kwargs: Mapping[str, Any], spatial_size: int = 8) -> DeltaBlockConfig:
@@ -269,16 +305,41 @@ def _atomic_save(obj: Any, path: Path) -> None:
     atomic_torch_save(obj, path)  # no partial file on a full disk, the umask's permissions
 
 
-def save_delta_block(block: DeltaBlock, path: str | os.PathLike, **meta) -> Path:
+def save_delta_block(block: DeltaBlock | ADMDeltaBlock, path: str | os.PathLike, **meta) -> Path:
     """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically (temp file + rename).
 
-    ``meta`` holds JSON-like extras (attribute, texts, t_edit, training step, ...).
+    ``meta`` holds JSON-like extras (attribute, texts, t_edit, training step, ...). A ``.safetensors`` path writes
+    the tensors as safetensors with format, version, config and meta as JSON strings in its metadata (a file other
+    tools can read without unpickling).
     """
     path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in block.state_dict().items()}
+    if path.suffix == ".safetensors":
+        atomic_write_bytes(path, safetensors_bytes({k: v.contiguous() for k, v in state.items()}, metadata={
+            "format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
+            "config": json.dumps(block.config.to_dict()), "meta": json.dumps(dict(meta))}))
+        return path
     _atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                   "config": block.config.to_dict(), "state_dict": state, "meta": dict(meta)}, path)
     return path
+
+
+def _read_safetensors(path: Path) -> dict:
+    """A ``.safetensors`` delta block as the dict :func:`save_delta_block` writes with ``torch.save``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:120]}); "
+                              "re-export it") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        return state  # tensors only: a bare state dict
+    try:
+        return {"format": meta["format"], "version": int(meta["version"]), "config": json.loads(meta["config"]),
+                "state_dict": state, "meta": json.loads(meta.get("meta", "{}"))}
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: broken asyrp metadata in the safetensors header ({e}); re-export it") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -309,7 +370,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
                               "re-download or re-save it") from None
 
 
-def _strict_load(block: DeltaBlock, state: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
+def _strict_load(block: DeltaBlock | ADMDeltaBlock, state: Mapping[str, torch.Tensor], path: Path,
+                 what: str) -> None:
     own = block.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
@@ -323,11 +385,15 @@ def _strict_load(block: DeltaBlock, state: Mapping[str, torch.Tensor], path: Pat
     block.load_state_dict(state, strict=True)
 
 
+ADM_KEYS = {f"{layer}.{p}" for layer in ("in_layers.0", "in_layers.2", "out_layers.0", "out_layers.3")
+            for p in ("weight", "bias")}
+
+
 def _infer_legacy_config(state: Mapping[str, torch.Tensor], path: Path) -> DeltaBlockConfig:
     keys = set(state)
-    if "in_layers.0.weight" in keys:
-        raise CheckpointError(f"{path}: an iDDPM/ADM-style Asyrp delta block (AFHQ / MetFaces backbones), "
-                              "which this package does not support; use a DDPM-style (CelebA-HQ, LSUN) checkpoint")
+    if keys == ADM_KEYS | {"emb_layers.1.weight", "emb_layers.1.bias"}:  # the released dog_* / metface_* files
+        return DeltaBlockConfig(kind="adm", channels=state["in_layers.2.weight"].shape[0],
+                                temb_channels=state["emb_layers.1.weight"].shape[1])
     if keys == {"conv1.weight", "conv1.bias", "temb_proj.weight", "temb_proj.bias", "norm2.weight", "norm2.bias",
                 "conv2.weight", "conv2.bias"}:
         c = state["conv1.weight"].shape[0]
@@ -342,7 +408,9 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
     """Load a delta block from
 
     * a checkpoint of this project (config inside; ``config``, if given, must equal it);
-    * an official Asyrp ``*_LC_*.pth`` (``{"0": state_dict, "optimizer", "scheduler"}``; conv, ``add``);
+    * the same exported to ``.safetensors`` (config in the metadata);
+    * an official Asyrp ``*_LC_*.pth`` (``{"0": state_dict, "optimizer", "scheduler"}``; conv ``add``, or the
+      ``adm`` block of the dog_* / metface_* files);
     * an extension (seed fork) checkpoint or bare state dict: the file does not say its heads or time
       embedding, so ``config`` is required for anything but the conv layout.
 
@@ -351,7 +419,7 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
     path = Path(path)
     if config is not None and not isinstance(config, DeltaBlockConfig):
         config = DeltaBlockConfig.from_dict(config)
-    obj = read_checkpoint(path)
+    obj = _read_safetensors(path) if path.suffix == ".safetensors" and path.is_file() else read_checkpoint(path)
     meta: dict = {}
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         if obj.get("version") != CHECKPOINT_VERSION:
@@ -364,7 +432,8 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
         if config is not None and config != stored:
             raise CheckpointError(f"{path}: checkpoint was trained as {'; '.join(stored.diff(config))} "
                                   "(stored vs requested); drop the conflicting options or use a matching checkpoint")
-        block, state, meta, what = DeltaBlock(stored), obj["state_dict"], dict(obj.get("meta", {})), "stored weights"
+        block, state, what = build_delta_block(stored), obj["state_dict"], "stored weights"
+        meta = dict(obj.get("meta", {}))
     else:
         if isinstance(obj, Mapping) and "0" in obj and isinstance(obj["0"], Mapping):
             state, what = obj["0"], "entry '0'"  # official / extension training checkpoint
@@ -374,7 +443,7 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
             raise CheckpointError(f"{path}: not a delta-block checkpoint (top-level keys "
                                   f"{sorted(map(str, obj))[:6] if isinstance(obj, Mapping) else type(obj).__name__}); "
                                   "pass an asyrp, official *_LC_*.pth or extension delta-block file")
-        block = DeltaBlock(config if config is not None else _infer_legacy_config(state, path))
+        block = build_delta_block(config if config is not None else _infer_legacy_config(state, path))
         meta = {"source_format": "legacy"}
     _strict_load(block, state, path, what)
     block.eval()

@@ -80,8 +80,20 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in fp32 whatever the autocast precision, returned in the input's dtype.
+
+    Its statistics over 32 groups of up to 64k values each are where fp16 / bf16 would lose accuracy first; in fp32
+    this is exactly ``nn.GroupNorm`` (same parameters, same state-dict keys)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
+
+
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+    return GroupNorm32(32, channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
@@ -145,7 +157,25 @@ class Upsample(nn.Module):
         return self.conv(x) if hasattr(self, "conv") else x
 
 
-class DDPMUNet(nn.Module):
+class HSpaceUNet(nn.Module):
+    """A U-Net split at h: subclasses provide ``encode(x, t) -> (h, skips, temb)`` and ``decode(h, skips, temb, x, t)
+    -> ε``; this class builds ``forward`` and the editing pass on them (shared by DDPMUNet and the ADM U-Net)."""
+
+    default_delta_kind = "conv"  # the delta block of the released directions for this family
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
+        h, skips, temb = self.encode(x, t)
+        return self.decode(h, skips, temb, x, t)
+
+    def forward_edit(self, x: torch.Tensor, t: torch.Tensor | float | int, delta_block: nn.Module | None,
+                     t_edit: int, c0: float = 1.0, c1: float = 1.0, ignore_timestep: bool = False,
+                     need_eps: bool = True):
+        """(ε, ε̃, h, Δh) from one encoder pass and up to two decoder passes: see :func:`forward_edit_with`."""
+        return forward_edit_with(self.encode, self.decode, x, t, delta_block, t_edit, c0, c1, ignore_timestep,
+                                 need_eps)
+
+
+class DDPMUNet(HSpaceUNet):
     """ε-prediction U-Net with a reachable bottleneck. ``config``: see :data:`CONFIG_KEYS`."""
 
     def __init__(self, config: Mapping[str, Any]):
@@ -269,46 +299,45 @@ class DDPMUNet(nn.Module):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
-        h, skips, temb = self.encode(x, t)
-        return self.decode(h, skips, temb, x, t)
 
-    def forward_edit(self, x: torch.Tensor, t: torch.Tensor | float | int, delta_block: nn.Module | None,
-                     t_edit: int, c0: float = 1.0, c1: float = 1.0, ignore_timestep: bool = False,
-                     need_eps: bool = True):
-        """(ε, ε̃, h, Δh) from one encoder pass and up to two decoder passes.
+def forward_edit_with(encode, decode, x: torch.Tensor, t: torch.Tensor | float | int, delta_block: nn.Module | None,
+                      t_edit: int, c0: float = 1.0, c1: float = 1.0, ignore_timestep: bool = False,
+                      need_eps: bool = True):
+    """(ε, ε̃, h, Δh) of a U-Net given as its ``encode`` and ``decode`` (a ``DDPMUNet``'s or ``ADMUNet``'s, or
+    compiled ones).
 
-        ``t`` is a (B,) tensor of per-sample timesteps, or one Python number for the whole batch (then nothing waits
-        for the device). The edit h̃ = c0·h + c1·Δh applies **per sample** where t ≥ t_edit; elsewhere ε̃ = ε (the second
-        decoder runs only on the samples that are edited). Δh = f(h, temb) is the unscaled block output
-        for the whole batch, or ``None`` when no sample is edited. ``ignore_timestep`` calls the block
-        with temb = None. ``need_eps=False`` skips the plain decoder and returns ε = None (the last
-        training step does not use it).
-        """
-        h, skips, temb = self.encode(x, t)
-        batch = x.shape[0]
-        if delta_block is None:
-            n_edit = 0
-        elif isinstance(t, (int, float)):  # one timestep for the batch: decided on the host, no device sync
-            n_edit = batch if t >= t_edit else 0
-        else:
-            t = torch.as_tensor(t, device=x.device)
-            edit = (t.expand(batch) if t.dim() == 0 else t) >= t_edit
-            n_edit = int(edit.sum())  # a host sync: decides which decoders run on which samples
-        if n_edit == 0 and not need_eps:
-            raise ValueError("forward_edit with need_eps=False needs at least one edited sample")
-        eps = self.decode(h, skips, temb, x, t) if (need_eps or n_edit < batch) else None
-        if n_edit == 0:
-            return eps, eps, h, None
-        delta_h = delta_block(h, None if ignore_timestep else temb)
-        h_edit = c0 * h + c1 * delta_h
-        if n_edit == batch:
-            eps_edited = self.decode(h_edit, skips, temb, x, t)
-        else:
-            idx = edit.nonzero(as_tuple=True)[0]
-            eps_sub = self.decode(h_edit[idx], [s[idx] for s in skips], temb[idx], x[idx], t[idx])
-            eps_edited = eps.index_copy(0, idx, eps_sub)
-        return eps, eps_edited, h, delta_h
+    ``t`` is a (B,) tensor of per-sample timesteps, or one Python number for the whole batch (then nothing waits
+    for the device). The edit h̃ = c0·h + c1·Δh applies **per sample** where t ≥ t_edit; elsewhere ε̃ = ε (the second
+    decoder runs only on the samples that are edited). Δh = f(h, temb) is the unscaled block output
+    for the whole batch, or ``None`` when no sample is edited. ``ignore_timestep`` calls the block
+    with temb = None. ``need_eps=False`` skips the plain decoder and returns ε = None (the last
+    training step does not use it).
+    """
+    batch = x.shape[0]
+    if delta_block is None:
+        n_edit = 0
+    elif isinstance(t, (int, float)):  # one timestep for the batch: decided on the host, no device sync
+        n_edit = batch if t >= t_edit else 0
+    else:
+        t = torch.as_tensor(t, device=x.device)
+        edit = (t.expand(batch) if t.dim() == 0 else t) >= t_edit
+        n_edit = int(edit.sum())  # a host sync: decides which decoders run on which samples
+    if n_edit == 0 and not need_eps:
+        raise ValueError("forward_edit with need_eps=False needs at least one edited sample")
+    t = per_sample_timesteps(t, batch, x.device)  # a tensor from here on: compiled halves see no Python timestep
+    h, skips, temb = encode(x, t)
+    eps = decode(h, skips, temb, x, t) if (need_eps or n_edit < batch) else None
+    if n_edit == 0:
+        return eps, eps, h, None
+    delta_h = delta_block(h, None if ignore_timestep else temb)
+    h_edit = c0 * h + c1 * delta_h
+    if n_edit == batch:
+        eps_edited = decode(h_edit, skips, temb, x, t)
+    else:
+        idx = edit.nonzero(as_tuple=True)[0]
+        eps_sub = decode(h_edit[idx], [s[idx] for s in skips], temb[idx], x[idx], t[idx])
+        eps_edited = eps.index_copy(0, idx, eps_sub)
+    return eps, eps_edited, h, delta_h
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,10 +348,11 @@ class BackboneLoadError(ValueError):
     """A backbone checkpoint does not fit the network; the message names the file, the keys and the fix."""
 
 
-def load_backbone_state_dict(model: DDPMUNet, state_dict: Mapping[str, torch.Tensor], source: str = "<state dict>",
+def load_backbone_state_dict(model: HSpaceUNet, state_dict: Mapping[str, torch.Tensor], source: str = "<state dict>",
                              allow_prefixes: tuple[str, ...] = ("layer_",)) -> None:
-    """Strictly load a ddim-layout state dict. Only keys under ``allow_prefixes`` (Asyrp's ``layer_i.*``
-    delta blocks, which some files carry) may be extra; anything else missing or unexpected is an error."""
+    """Strictly load a state dict (ddim layout for DDPMUNet, original key names for ADMUNet). Only keys under
+    ``allow_prefixes`` (Asyrp's ``layer_i.*`` delta blocks, which some files carry) may be extra; anything else
+    missing or unexpected is an error."""
     state_dict = dict(state_dict)
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}  # saved from DataParallel
@@ -336,6 +366,7 @@ def load_backbone_state_dict(model: DDPMUNet, state_dict: Mapping[str, torch.Ten
         for name, keys in (("missing", missing), ("unexpected", extra), ("shape mismatch", wrong)):
             if keys:
                 parts.append(f"{len(keys)} {name}: {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''}")
-        raise BackboneLoadError(f"{source} does not fit DDPMUNet{model.config} — {'; '.join(parts)}. "
-                                "Check that the file is the ddim-layout checkpoint for this config.")
+        raise BackboneLoadError(f"{source} does not fit {type(model).__name__}{model.config} — {'; '.join(parts)}. "
+                                f"Check that the file is the {getattr(model, 'checkpoint_layout', 'ddim-layout')} "
+                                "checkpoint for this config.")
     model.load_state_dict({k: state_dict[k] for k in own}, strict=True)
