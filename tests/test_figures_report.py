@@ -107,7 +107,7 @@ _STUDY: dict = {}
 
 
 def shared_study(tmp_path_factory) -> dict:
-    """One study per test session (test_notebooks.py uses it too)."""
+    """One study per test session."""
     if "study" not in _STUDY:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny convolutions: a second thread only adds contention on shared cores

@@ -9,9 +9,9 @@ import os
 import re
 
 import pytest
-
 import torch
 
+from asyrp.experiments import run_experiment
 from conftest import REPO
 
 nbformat = pytest.importorskip("nbformat")
@@ -34,26 +34,20 @@ MINI_STUDY = {"mini_reproduction": ["train.epochs=1", "edit.n_images=2", "edit.n
 @pytest.fixture(scope="session")
 def mini_study(tmp_path_factory) -> str:
     """Run the offline mini study once per session; its results files joined by os.pathsep (the notebooks' input)."""
-    from asyrp.experiments import run_experiment
     root = tmp_path_factory.mktemp("mini_study")
-    env = {"ASYRP_MINI_CACHE": str(root / "cache"), "ASYRP_MINI_DEVICE": "cpu"}
-    saved = {k: os.environ.get(k) for k in (*env, "ASYRP_MINI_BACKBONE", "ASYRP_MINI_CLIP", "ASYRP_MINI_FID")}
     threads = torch.get_num_threads()
-    os.environ.update(env)
-    for k in ("ASYRP_MINI_BACKBONE", "ASYRP_MINI_CLIP", "ASYRP_MINI_FID"):  # the documented defaults: shapes, no FID
-        os.environ.pop(k, None)
-    torch.set_num_threads(1)  # tiny convolutions: a second thread only adds contention on shared cores
-    try:
-        paths = [run_experiment(REPO / "configs" / "experiments" / f"{family}.yaml", root / "runs",
-                                overrides=overrides, progress=False)["path"]
-                 for family, overrides in MINI_STUDY.items()]
-    finally:
-        torch.set_num_threads(threads)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASYRP_MINI_CACHE", str(root / "cache"))
+        mp.setenv("ASYRP_MINI_DEVICE", "cpu")
+        for name in ("ASYRP_MINI_BACKBONE", "ASYRP_MINI_CLIP", "ASYRP_MINI_FID"):  # the defaults: shapes, no FID
+            mp.delenv(name, raising=False)
+        torch.set_num_threads(1)  # tiny convolutions: a second thread only adds contention on shared cores
+        try:
+            paths = [run_experiment(REPO / "configs" / "experiments" / f"{family}.yaml", root / "runs",
+                                    overrides=overrides, progress=False)["path"]
+                     for family, overrides in MINI_STUDY.items()]
+        finally:
+            torch.set_num_threads(threads)
     return os.pathsep.join(paths)
 
 
