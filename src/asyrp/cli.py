@@ -33,8 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit code 2."""
+from asyrp.errors import UserError  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:
