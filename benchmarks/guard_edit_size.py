@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from asyrp import guard
+from asyrp.bench import guard
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
