@@ -80,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
 
     record = run_benchmark(
         tiny=tiny, device=device, train_batch=pick(args.train_batch, 9, 2), edit_batch=pick(args.edit_batch, 16, 4),
-        compile=args.compile, tasks=tasks, modes=modes, fast_overrides=overrides, train_warmup=args.train_warmup, train_steps=pick(args.train_steps, 5, 3),
+        compile=args.compile, tasks=tasks, modes=modes, fast_overrides=overrides, train_warmup=args.train_warmup,
+        train_steps=pick(args.train_steps, 5, 3),
         repeats=pick(args.repeats, 2, 1), n_inv_step=pick(args.n_inv_step, 40, 10),
         n_test_step=pick(args.n_test_step, 40, 10),
         guard=args.guard if args.guard is not None else device.type == "cuda",

@@ -1,4 +1,4 @@
-"""Experiment families: train → edit → evaluate every run of a study from one YAML, and collect one results JSON.
+"""Experiment families: one YAML describes every run of a study; loading it resolves each run's configs.
 
 A family file (``configs/experiments/<family>.yaml``) holds::
 
@@ -14,7 +14,8 @@ A family file (``configs/experiments/<family>.yaml``) holds::
         train: {delta: {heads: 1}}
         eval_epochs: [0, 1, 2]         # also edit / evaluate delta_epoch<k>.pt (tag "epoch")
 
-Run keys (a run that says ``official:`` or ``direction:`` does not inherit the defaults' ``train:``): ``name``; ``attribute`` / ``src`` / ``trg`` (the text pair: they go to the training config and give the
+Run keys (a run that says ``official:`` or ``direction:`` does not inherit the defaults' ``train:``): ``name``;
+``attribute`` / ``src`` / ``trg`` (the text pair: they go to the training config and give the
 evaluation texts); ``backbone``, ``cache_dir``, ``device``, ``t_edit``, ``t_boost`` (shared by training and editing);
 ``weights_dir``; ``train`` (a trained run); ``official`` (``true``: edit with the released checkpoint
 ``asyrp-<attribute>``, or a registry name / path) or ``direction`` (a path, a registry name, or ``{run: NAME,
@@ -422,7 +423,8 @@ def _link_runs(fam: Family) -> None:
 
     def wave(run: Run, stack: tuple = ()) -> int:
         if run.name in stack:
-            raise ExperimentError(f"{fam.path}: runs reference each other in a cycle: {' → '.join(stack + (run.name,))}")
+            chain = " → ".join(stack + (run.name,))
+            raise ExperimentError(f"{fam.path}: runs reference each other in a cycle: {chain}")
         if run.name not in state:
             deps = [by_name[d["run"]] for d in run.deps if d.get("family") in (None, fam.name)]
             state[run.name] = 1 + max((wave(d, stack + (run.name,)) for d in deps), default=-1)

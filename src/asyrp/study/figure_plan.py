@@ -23,8 +23,9 @@
 ===================================== =============================================================================
 
 A family is a "reproduction" when only the attribute, strength, step count or official-ness vary between its runs
-(tags that these determine, such as the texts or t_edit of an attribute, do not count), a "shapes" family when its name, config or tags say so, and an "ablation" otherwise. When two families would write
-the same file, the later one gets ``_<family>`` appended.
+(tags that these determine, such as the texts or t_edit of an attribute, do not count), a "shapes" family when its
+name, config or tags say so, and an "ablation" otherwise. When two families would write the same file, the later one
+gets ``_<family>`` appended.
 """
 
 

@@ -216,7 +216,7 @@ def _stage_evaluate(run: Run, models: _Models, redo, distributed, actions: list)
 
 def run_experiment(config_path, out_root, only=None, stages=STAGES, overrides=None, progress: bool = True,
                    distributed=None, *, redo: Iterable[str] = (), wave: int | None = None) -> dict:
-    """Train → edit → evaluate the runs of a family (all, or ``only``) and write ``<out_root>/<family>/results.json``.
+    """Train → edit → evaluate the runs of a family (all, or ``only``); write ``<out_root>/<family>/results.json``.
 
     ``stages`` picks the stages; ``redo`` ("edit", "evaluate") repeats them even when their outputs are complete.
     ``distributed`` (asyrp.distributed.Context, under torchrun) makes training data-parallel and editing sharded;

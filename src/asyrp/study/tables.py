@@ -1,8 +1,9 @@
 """Markdown tables of a study from its result files (what ``asyrp report`` prints and writes).
 
 Inputs are the family files that ``asyrp run-experiment`` writes (``<root>/<family>/results.json``, schema
-``asyrp.results/1``, read and checked by :func:`asyrp.study.results.load_results`), edit folders given directly (``--run``; their
-``eval*.json`` files are collected by :func:`asyrp.study.collect.collect_folders`), and single ``eval.json`` files (``--eval``).
+``asyrp.results/1``, read and checked by :func:`asyrp.study.results.load_results`), edit folders given directly
+(``--run``; their ``eval*.json`` files are collected by :func:`asyrp.study.collect.collect_folders`), and single
+``eval.json`` files (``--eval``).
 
 Tables (file ``<out>/<name>.md``, marker name ``<!-- asyrp:table <name> -->``):
 
