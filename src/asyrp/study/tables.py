@@ -200,6 +200,15 @@ def _separator(ncols: int) -> list[str]:
 # Tables
 # --------------------------------------------------------------------------------------------------
 
+def _append_quoted(rows: list, anchors: Mapping, table: str, attrs: Sequence[str]) -> _Footnotes:
+    """Append the quoted anchor rows of ``table`` below a separator; returns their footnotes."""
+    notes = _Footnotes(anchors)
+    quoted = _anchor_rows(anchors, table, attrs, notes)
+    if quoted:
+        rows += [_separator(len(attrs) + 1)] + quoted
+    return notes
+
+
 def sdir_table(results, anchors: Mapping | None = None) -> str | None:
     """S_dir per attribute (columns) × strength / step count (rows), mean ± std (N); quoted anchors below."""
     anchors = anchors or load_anchors()
@@ -216,10 +225,7 @@ def sdir_table(results, anchors: Mapping | None = None) -> str | None:
         rows.append([f"S_dir reconstructed→edited, {label}"] + [
             sdir_cell(e.metric("s_dir_reconstructed"), e.metric("s_dir_reconstructed_std"), e.metric("n"))
             if (e := cells.get(a)) else "—" for a in attrs])
-    notes = _Footnotes(anchors)
-    quoted = _anchor_rows(anchors, "sdir", attrs, notes)
-    if quoted:
-        rows += [_separator(len(attrs) + 1)] + quoted
+    notes = _append_quoted(rows, anchors, "sdir", attrs)
     text = [markdown_table(["this study (mean ± std over images)"] + attrs, rows), ""]
     text += ["S_dir is a cosine: higher means the edit moved the image further along the text direction "
              "(the earlier reproduction printed 1 − cosine under this name).", ""]
@@ -246,10 +252,7 @@ def fid_table(results, anchors: Mapping | None = None) -> str | None:
         rows.append([f"KID(original, edited), {label}"] + [
             kid_cell(e.metric("kid_original_edited"), e.metric("kid_original_edited_std"), e.metric("n"))
             if (e := cells.get(a)) else "—" for a in attrs])
-    notes = _Footnotes(anchors)
-    quoted = _anchor_rows(anchors, "fid", attrs, notes)
-    if quoted:
-        rows += [_separator(len(attrs) + 1)] + quoted
+    notes = _append_quoted(rows, anchors, "fid", attrs)
     text = [markdown_table(["this study"] + attrs, rows), "", FID_NOTE, ""]
     text += _consistency_note(items) + _definitions(items, ["fid", "kid"]) + notes.render()
     return "\n".join(text) + "\n"
@@ -321,10 +324,7 @@ def bias_table(results, anchors: Mapping | None = None) -> str | None:
                 else:
                     row.append(fid_cell(m.get("mean"), m.get("n")))
             rows.append(row)
-    notes = _Footnotes(anchors)
-    quoted = _anchor_rows(anchors, "bias", attrs, notes)
-    if quoted:
-        rows += [_separator(len(attrs) + 1)] + quoted
+    notes = _append_quoted(rows, anchors, "bias", attrs)
     text = [markdown_table(["this study, per image group"] + attrs, rows), "",
             "Group sizes n are the numbers of evaluated images in each group; FID across groups of different n is "
             "not comparable (its bias grows as n shrinks).", FID_NOTE, ""]
