@@ -32,12 +32,8 @@ def bf16_peak_tflops(device_name: str | None) -> float | None:
     return None
 
 
-# --------------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------------
-
-
 def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` (what is counted: :data:`FLOPS_COUNTED`)."""
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())

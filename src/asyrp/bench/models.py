@@ -51,10 +51,6 @@ def build_models(tiny: bool = False, device: str | torch.device = "cpu", seed: i
     return BenchModels(backbone, encoder, size, description)
 
 
-# --------------------------------------------------------------------------------------------------
-# Configs and the training step loop of asyrp.train
-
-
 def random_entries(n: int, size: int, seed: int) -> list[dict]:
     """Stand-in training entries (x0 in [−1, 1], x_T ~ N(0, I)): the timing does not depend on their values."""
     g = torch.Generator().manual_seed(seed + 1)

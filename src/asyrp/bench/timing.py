@@ -78,7 +78,7 @@ def edit_images(unet, x0: torch.Tensor, delta, alphas: torch.Tensor, indices, pr
 
 
 # --------------------------------------------------------------------------------------------------
-# Timing, memory, FLOPs
+# Timing and memory
 # --------------------------------------------------------------------------------------------------
 
 def _sync(device: torch.device) -> None:

@@ -18,7 +18,7 @@ from asyrp import config as C
 from asyrp.io import read_jsonl
 from asyrp.models.delta import DeltaBlockConfig
 from asyrp.study.families import EditJob, ExperimentError, Family, Run, ref_label
-from asyrp.study.results import EVAL_SCHEMA, read_json_checked, results_document
+from asyrp.study.results import EVAL_SCHEMA, METRIC_KEYS, read_json_checked, results_document
 from asyrp.study.state import eval_path, eval_state, read_json
 
 ARCH_FIELDS = ("kind", "heads", "layers", "ff_dim", "time_embedding", "norm", "activation", "dropout", "zero_init")
@@ -190,20 +190,12 @@ def collect_family(fam: Family) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 def metrics_from_eval(ev: Mapping) -> dict:
-    """The per-folder metric summary of results.json from an eval.json (whole image set, no group)."""
-    def pick(metric: str, pair: tuple[str, str]) -> dict:
-        return next((m for m in ev.get("metrics", []) if m.get("metric") == metric and m.get("group") is None
-                     and tuple(m.get("pair") or ()) == pair), {})
-
-    s_o, s_r = pick("s_dir", ("original", "edited")), pick("s_dir", ("reconstructed", "edited"))
-    kid = pick("kid", ("original", "edited"))
-    return {"s_dir_original": s_o.get("mean"), "s_dir_original_std": s_o.get("std"),
-            "s_dir_reconstructed": s_r.get("mean"), "s_dir_reconstructed_std": s_r.get("std"),
-            "fid_original_edited": pick("fid", ("original", "edited")).get("mean"),
-            "fid_reconstructed_edited": pick("fid", ("reconstructed", "edited")).get("mean"),
-            "fid_original_reconstructed": pick("fid", ("original", "reconstructed")).get("mean"),
-            "kid_original_edited": kid.get("mean"), "kid_original_edited_std": kid.get("std"),
-            "n": (ev.get("inputs") or {}).get("n_images")}
+    """The per-folder metric summary of results.json from an eval.json (whole image set, no group): the keys of
+    :data:`asyrp.study.results.METRIC_KEYS`, None where the eval has no such metric, N from its image count."""
+    summary = summarize_eval(dict(ev))
+    out = {k: summary.get(k) for k in METRIC_KEYS if k != "n"}
+    out["n"] = (ev.get("inputs") or {}).get("n_images")
+    return out
 
 
 def find_eval_files(edit_dir: str | Path) -> dict[str, str]:

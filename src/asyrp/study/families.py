@@ -71,12 +71,6 @@ EVAL_SETTING_KEYS = ("sdir", "fid", "prompt_mode", "src_text", "trg_text", "anti
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading a family: variables, merging, overrides
-# --------------------------------------------------------------------------------------------------
-
 def _coerce(cls, data: Mapping) -> dict:
     """Numbers written as strings (1e-5) into the field's type; the dataclass itself rejects unknown keys."""
     hints = typing.get_type_hints(cls)
@@ -434,11 +428,8 @@ def _link_runs(fam: Family) -> None:
         run.wave = wave(run)
 
 
-# --------------------------------------------------------------------------------------------------
-# Tags
-# --------------------------------------------------------------------------------------------------
-
 def ref_label(ref: dict | None, family: str) -> str | None:
+    """How results and plans name a reference to a run's checkpoint: ``[family/]run[@epochK]``."""
     if ref is None:
         return None
     fam = "" if ref.get("family") in (None, family) else f"{ref['family']}/"

@@ -46,12 +46,10 @@ EVAL_SCHEMA = "asyrp.eval/1"            # asyrp.metrics.SCHEMA (not imported: it
 METRIC_KEYS = ("s_dir_original", "s_dir_original_std", "s_dir_reconstructed", "s_dir_reconstructed_std",
                "fid_original_edited", "fid_reconstructed_edited", "fid_original_reconstructed",
                "kid_original_edited", "kid_original_edited_std", "n")
-# tags in the order a table or figure lists them; others follow alphabetically
 
 
 class ResultsError(ValueError):
     """A results file that does not follow the ``asyrp.results/1`` schema (one-line message)."""
-
 
 
 def read_json_checked(path: Path) -> Any:

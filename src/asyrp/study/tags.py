@@ -11,6 +11,7 @@ from pathlib import Path
 
 from asyrp.study.results import as_results, read_json_checked
 
+# tags in the order a table or figure lists them; others follow alphabetically
 # (design tags first: a later tag that an earlier one determines adds no column, see varied_tags)
 TAG_ORDER = ("attribute", "official", "init_from", "kind", "heads", "layers", "ff_dim", "time_embedding", "norm",
              "activation", "dropout", "zero_init", "optimizer", "lr", "weight_decay", "momentum", "scheduler_step",
