@@ -2,6 +2,7 @@
 packages split out of the flat modules (asyrp.study, asyrp.bench) and asyrp.errors keep all three empty."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -51,3 +52,9 @@ def test_the_check_sees_a_cycle_and_a_long_module(tmp_path):
     assert report["cycles"] == [["asyrp.a", "asyrp.b"]]
     assert report["long"] == [("asyrp.b", 502)]
     assert report["library_to_cli"] == [("asyrp.a", "asyrp.cli")]
+
+
+def test_report_and_figures_do_not_import_torch():
+    """asyrp report / figures read JSON and draw PNGs: their modules stay free of torch (fast to start, no GPU stack)."""
+    code = "import sys, asyrp.report, asyrp.figures; sys.exit('torch' in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})

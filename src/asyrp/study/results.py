@@ -1,6 +1,7 @@
 """The results file of a study, ``<out>/<family>/results.json``: its schema, the one writer and the reader.
 
-Both collectors (:mod:`asyrp.study.collect`: a family's runs, or edit folders given directly) build the document
+Both collectors (:mod:`asyrp.study.family_results`: a family's runs; :mod:`asyrp.study.collect`: edit folders given
+directly) build the document
 with :func:`results_document`; :func:`write_results` checks it against the schema and writes it atomically;
 :func:`load_results` reads and checks it again for ``asyrp report`` and ``asyrp figures``.
 

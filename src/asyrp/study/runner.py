@@ -25,7 +25,7 @@ from asyrp.edit import edit
 from asyrp.io import default_device
 from asyrp.metrics import SmallSampleFIDWarning, _clip_image_size, evaluate_run, load_fid_inception
 from asyrp.study.families import STAGES, EditJob, ExperimentError, Run, load_family, ref_label
-from asyrp.study.collect import collect_family
+from asyrp.study.family_results import collect_family
 from asyrp.study.results import write_results
 from asyrp.study.state import check_train_config, edit_state, eval_path, eval_state, read_json, train_state
 from asyrp.train import train

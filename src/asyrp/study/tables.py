@@ -200,6 +200,12 @@ def _separator(ncols: int) -> list[str]:
 # Tables
 # --------------------------------------------------------------------------------------------------
 
+def _by_attribute(items: Sequence[Entry], anchors: Mapping) -> tuple[list[str], list[tuple[str, dict[str, Entry]]]]:
+    """The columns (attributes) of a per-attribute table and its row groups (the other varied tags, or strength)."""
+    row_tags = [t for t in varied_tags(items) if t != "attribute"] or ["strength"]
+    return _attributes(items, anchors), _grouped(items, row_tags)
+
+
 def _append_quoted(rows: list, anchors: Mapping, table: str, attrs: Sequence[str]) -> _Footnotes:
     """Append the quoted anchor rows of ``table`` below a separator; returns their footnotes."""
     notes = _Footnotes(anchors)
@@ -215,10 +221,9 @@ def sdir_table(results, anchors: Mapping | None = None) -> str | None:
     items = [e for e in entries(results) if e.metric("s_dir_original") is not None]
     if not items:
         return None
-    row_tags = [t for t in varied_tags(items) if t != "attribute"] or ["strength"]
-    attrs = _attributes(items, anchors)
+    attrs, groups = _by_attribute(items, anchors)
     rows = []
-    for label, cells in _grouped(items, row_tags):
+    for label, cells in groups:
         rows.append([f"S_dir original→edited, {label}"] + [
             sdir_cell(e.metric("s_dir_original"), e.metric("s_dir_original_std"), e.metric("n"))
             if (e := cells.get(a)) else "—" for a in attrs])
@@ -240,10 +245,9 @@ def fid_table(results, anchors: Mapping | None = None) -> str | None:
                                                  ("fid_original_edited", "fid_reconstructed_edited"))]
     if not items:
         return None
-    row_tags = [t for t in varied_tags(items) if t != "attribute"] or ["strength"]
-    attrs = _attributes(items, anchors)
+    attrs, groups = _by_attribute(items, anchors)
     rows = []
-    for label, cells in _grouped(items, row_tags):
+    for label, cells in groups:
         for name, key in (("FID(original, edited)", "fid_original_edited"),
                           ("FID(reconstructed, edited)", "fid_reconstructed_edited"),
                           ("FID(original, reconstructed)", "fid_original_reconstructed")):
