@@ -7,7 +7,7 @@ the public names under their old import path.
 
 from asyrp.study.cli_figures import configure_parser, main  # noqa: F401
 from asyrp.study.figure_plan import FUNCTIONS, is_shapes_family, logs_by_label, make_figures, plan_figures  # noqa: F401
-from asyrp.study.grids import (IMAGE_SUFFIXES, MIN_TILE, UNSEEN_DOMAIN, ablation_grid, compose,  # noqa: F401
-                               editing_grid, image_names, image_path, linearity_sweep, load_image, pick_folder,
-                               steps_comparison, strength_folders, tile_box)
+from asyrp.study.grids import (FONT_SIZE, IMAGE_SUFFIXES, MIN_TILE, PAD, UNSEEN_DOMAIN, ablation_grid,  # noqa: F401
+                               compose, editing_grid, image_names, image_path, linearity_sweep, load_image,
+                               pick_folder, steps_comparison, strength_folders, tile_box)
 from asyrp.study.plots import METRIC_LABELS, loss_curves, loss_series, metric_vs_strength  # noqa: F401
