@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from asyrp import bench
+from asyrp import diffusion as D
+from asyrp import train as T
 from asyrp.cli import main as cli
 from conftest import REPO
 
@@ -85,17 +87,17 @@ def test_flops_scaled_from_single_steps_equal_the_whole_count(tiny_models, l1_re
     models = tiny_models
     cfg = bench.mode_config("reference", batch_size=2, device="cpu", n_train_step=12, l1_reference=l1_reference,
                             cache_source_embeddings=cache)
-    direction = bench.make_direction(models.encoder, models.clip_size, cfg, "cpu")
-    session = bench.TrainSession(cfg, models.backbone, direction, "cpu")
-    entries = bench._entries(2, 16, 0)
+    direction = T.make_direction(models.encoder, models.clip_size, cfg, "cpu")
+    session = T.Session(cfg, models.backbone, direction, "cpu")
+    entries = bench.random_entries(2, 16, 0)
     scaled = bench.train_flops_per_image(session, entries, [0, 1])
     whole = bench.count_flops(lambda: session.run_batch(entries, [0, 1], eager=True)) / 2
     assert len(session.pairs) == 6 and scaled == whole > 0
 
     unet = models.backbone.unet
     delta = sampling.DeltaSum([session.block], [1.0])
-    alphas = bench.D.alphas_cumprod(bench.D.linear_betas())
-    x0 = bench._images(1, 16, 0, "cpu")
+    alphas = D.alphas_cumprod(D.linear_betas())
+    x0 = bench.random_images(1, 16, 0, "cpu")
     scaled = bench.edit_flops_per_image(unet, x0, delta, alphas, n_inv_step=6, n_test_step=6)
     whole = bench.count_flops(lambda: bench.edit_images(unet, x0, delta, alphas, [0], n_inv_step=6, n_test_step=6))
     assert scaled == whole > 0
@@ -141,4 +143,4 @@ def test_mode_configs_follow_the_presets():
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         bench.parse_overrides(["nosuchfield=1"])
     assert ref.attribute == "smiling" and ref.t_edit == 513 and ref.t_boost == 167
-    assert math.isclose(len(bench.D.training_pairs(ref.n_train_step, ref.t_edit, ref.t_0)), 19)
+    assert math.isclose(len(D.training_pairs(ref.n_train_step, ref.t_edit, ref.t_0)), 19)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from asyrp import bench
+from asyrp import train as T
 from asyrp import diffusion as D
 from asyrp import sampling
 from asyrp.models.delta import build_delta_block
@@ -76,12 +77,12 @@ def test_fast_preset_in_fp32_learns_the_reference_weights(models, one_thread):
     for mode in ("reference", "fast"):
         extra = {"precision": "fp32"} if mode == "fast" else {}
         cfg = bench.mode_config(mode, device="cpu", n_train_step=10, lr=0.5, **extra)
-        session = bench.TrainSession(cfg, bb, bench.make_direction(encoder, size, cfg, "cpu"), "cpu")
+        session = T.Session(cfg, bb, T.make_direction(encoder, size, cfg, "cpu"), "cpu")
         assert session.pairs == [(999, 888), (888, 777), (777, 666), (666, 555), (555, -1)]
         session.run_batch(entries, [0])
         assert session.state["step"] == 5
         weights[mode] = {k: v.clone() for k, v in session.block.state_dict().items()}
-        init = bench.T.init_block(cfg, bench.T.DeltaBlockConfig.from_dict(session.res.delta), "cpu")
+        init = T.init_block(cfg, T.DeltaBlockConfig.from_dict(session.res.delta), "cpu")
         moved = sum(float((v - init.state_dict()[k]).abs().max()) for k, v in weights[mode].items())
         assert moved > 1e-3  # the block did learn
     assert bench.mode_config("fast", device="cpu").fused_step and bench.mode_config("fast").l1_reference == "chain"
@@ -99,7 +100,7 @@ def test_one_compiled_graph_serves_every_timestep(models, one_thread):
 
     bb, encoder, size = models
     cfg = bench.mode_config("fast", batch_size=2, device="cpu", n_train_step=20, precision="fp32", compile=True)
-    session = bench.TrainSession(cfg, bb, bench.make_direction(encoder, size, cfg, "cpu"), "cpu")
+    session = T.Session(cfg, bb, T.make_direction(encoder, size, cfg, "cpu"), "cpu")
     session.run_unet = fast.CompiledUNet(bb.unet, backend="eager")  # dynamo's graphs without inductor's C++ build
     torch._dynamo.reset()
     counters.clear()
@@ -153,7 +154,7 @@ def _recorded_run(cfg, bb, direction, entries, idx):
 
     direction.cosines = recording
     try:
-        session = bench.TrainSession(cfg, bb, direction, "cpu")
+        session = T.Session(cfg, bb, direction, "cpu")
         log = bench.log_values(session.run_batch(entries, idx))
     finally:
         del direction.cosines
@@ -168,7 +169,7 @@ def test_training_batch_equals_definition(models, one_thread, l1_reference, cach
     bb, encoder, size = models
     cfg = bench.mode_config("reference", device="cpu", n_train_step=10, lr=0.0, l1_reference=l1_reference,
                             cache_source_embeddings=cache)
-    direction = bench.make_direction(encoder, size, cfg, "cpu")
+    direction = T.make_direction(encoder, size, cfg, "cpu")
     entries = _entries()
     single = [_recorded_run(cfg, bb, direction, entries, [i]) for i in (0, 1)]
     batch_cfg = bench.mode_config("reference", batch_size=2, device="cpu", n_train_step=10, lr=0.0,
@@ -196,7 +197,7 @@ def test_cached_source_embeddings_are_exact(models, one_thread):
     for cache in (False, True):
         cfg = bench.mode_config("reference", batch_size=2, device="cpu", n_train_step=10, lr=0.1,
                                 cache_source_embeddings=cache)
-        session = bench.TrainSession(cfg, bb, bench.make_direction(encoder, size, cfg, "cpu"), "cpu")
+        session = T.Session(cfg, bb, T.make_direction(encoder, size, cfg, "cpu"), "cpu")
         logs.append((bench.log_values(session.run_batch(entries, [0, 1])), session.block.state_dict()))
     assert logs[0][0] == logs[1][0]  # every loss of every step, bit for bit
     for k, v in logs[0][1].items():

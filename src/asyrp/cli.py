@@ -42,8 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit code 2."""
+from asyrp.errors import UserError  # noqa: F401
 
 
 class UsageError(UserError):

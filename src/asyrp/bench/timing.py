@@ -1,4 +1,4 @@
-"""``asyrp bench``: throughput of training and editing in the reference and the fast mode, and the numerical guard of
+"""Throughput of training and editing in the reference and the fast mode, and the numerical guard of
 the fast path.
 
 What runs
@@ -15,7 +15,7 @@ reduced U-Net (16 px, h = 64×4×4) and a tiny open_clip CLIP (16 px) that run o
   ``TrainConfig.compile`` (which, as in :func:`asyrp.train.train`, compiles the delta block).
 
 Training runs the library's own step loop, :func:`asyrp.train._train_batch`, on objects built the way
-:func:`asyrp.train.train` builds them (:class:`TrainSession`). Editing runs :func:`asyrp.sampling.invert` and
+:func:`asyrp.train.train` builds them (:class:`asyrp.train.Session`). Editing runs :func:`asyrp.sampling.invert` and
 :func:`asyrp.sampling.generate` under the precision's autocast, as :func:`asyrp.edit.edit` does (:func:`edit_images`).
 
 Measurements
@@ -39,17 +39,10 @@ appended to ``<results-dir>/<date>_<gpu>.jsonl``. Keys: see :func:`run_benchmark
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime
-import json
-import math
-import re
+import platform
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -57,91 +50,15 @@ from asyrp import diffusion as D
 from asyrp import fast as F
 from asyrp import sampling
 from asyrp import train as T
-from asyrp.guard import (ATTRIBUTE, GUARD_BOUNDS, SPEED_FIELDS, T_0, T_BOOST, T_EDIT, log_values,  # noqa: F401
-                         mode_config, numerical_guard, random_images, speed_switches)
+from asyrp.bench.flops import FLOPS_COUNTED, bf16_peak_tflops, edit_flops_per_image, train_flops_per_image
+from asyrp.bench.guard import (ATTRIBUTE, T_0, T_BOOST, T_EDIT, mode_config, numerical_guard, random_images,
+                               speed_switches)
+from asyrp.bench.models import BenchModels, build_models, random_entries
+from asyrp.io import default_device
+from asyrp.models.delta import DeltaBlockConfig
 
 SCHEMA = "asyrp.bench/1"
 
-# A U-Net small enough for a CPU (h is (B, 64, 4, 4)); the layout of the CelebA-HQ model.
-TINY_UNET = dict(ch=32, out_ch=3, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8], dropout=0.0,
-                 resamp_with_conv=True, in_channels=3, image_size=16)
-# A tiny open_clip CLIP at 16 px (OpenAI's tokenizer: vocabulary 49408, context 77).
-TINY_CLIP_CFG = dict(embed_dim=32, vision_cfg=dict(image_size=16, patch_size=4, width=64, layers=2, head_width=32),
-                     text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2), quick_gelu=True)
-
-FLOPS_COUNTED = ("torch.utils.flop_counter.FlopCounterMode: matrix multiplies (mm, addmm, bmm, baddbmm), convolutions, "
-                 "CUDA scaled-dot-product attention, and their backward passes, at 2 FLOPs per multiply-add; "
-                 "elementwise ops, normalisations, softmax outside SDPA, resizes and the optimiser are not counted "
-                 "(nor, on a CPU, SDPA's flash kernel). Training: per-batch work + (grid steps - 1) typical steps "
-                 "(forward, CLIP, L1 target, backward) + the last step, from counted 1-, 2-step and last-step calls "
-                 "of _train_batch, per image; editing: one inversion step, one plain and one edited generation "
-                 "step, each times its number of steps, per image.")
-
-
-def bf16_peak_tflops(device_name: str | None) -> float | None:
-    """Dense bf16 tensor-core peak of known devices (H100 SXM and H200: 989 TFLOP/s); None otherwise."""
-    if not device_name:
-        return None
-    name = device_name.upper()
-    if "NVL" in name or "PCIE" in name:
-        return None
-    if "H200" in name or ("H100" in name and ("SXM" in name or "HBM3" in name)):
-        return 989.0
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------------
-
-@dataclass
-class BenchModels:
-    backbone: object        # asyrp.backbones.Backbone
-    encoder: object         # asyrp.clip_loss.OpenClipEncoder
-    clip_size: int
-    description: dict
-
-
-def build_models(tiny: bool = False, device: str | torch.device = "cpu", seed: int = 0) -> BenchModels:
-    """Randomly initialised U-Net and CLIP (full size: CelebA-HQ 256 U-Net, ViT-B/16; ``tiny``: the reduced pair)."""
-    import open_clip
-
-    from asyrp.backbones import Backbone
-    from asyrp.clip_loss import OpenClipEncoder
-    from asyrp.models.unet import CELEBA_HQ_256, DDPMUNet
-
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    unet = DDPMUNet(TINY_UNET if tiny else CELEBA_HQ_256)
-    if tiny:
-        clip, clip_name, size = open_clip.model.CLIP(**TINY_CLIP_CFG), "tiny CLIP (open_clip, 16 px)", 16
-    else:
-        clip = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
-        clip_name, size = "ViT-B-16 (open_clip, QuickGELU, 224 px)", 224
-    encoder = OpenClipEncoder(clip.float(), open_clip.get_tokenizer("ViT-B-16"), name=clip_name).to(device)
-    unet = unet.to(device).eval().requires_grad_(False)
-    backbone = Backbone(unet, "bench-tiny" if tiny else "bench-celeba-hq-256", f"random-init-seed{seed}", "celeba",
-                        clip_name)
-    description = {"unet": "TINY_UNET (16 px)" if tiny else "DDPMUNet(CELEBA_HQ_256)",
-                   "unet_config": dict(unet.config), "unet_params": sum(p.numel() for p in unet.parameters()),
-                   "clip": clip_name, "clip_params": sum(p.numel() for p in clip.parameters()),
-                   "h": [unet.h_channels, unet.h_size, unet.h_size], "weights": f"random (seed {seed})"}
-    return BenchModels(backbone, encoder, size, description)
-
-
-# --------------------------------------------------------------------------------------------------
-# Configs and the training step loop of asyrp.train
-# --------------------------------------------------------------------------------------------------
-
-# The objects a training run steps with, and its speed settings, exactly as asyrp.train builds them.
-TrainSession = T.Session
-apply_speed_settings = T.apply_speed_settings
-make_direction = T.make_direction
-
-
-# --------------------------------------------------------------------------------------------------
-# Editing (the library's samplers, as asyrp.edit.edit calls them)
-# --------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def edit_images(unet, x0: torch.Tensor, delta, alphas: torch.Tensor, indices, precision: str = "fp32",
@@ -161,7 +78,7 @@ def edit_images(unet, x0: torch.Tensor, delta, alphas: torch.Tensor, indices, pr
 
 
 # --------------------------------------------------------------------------------------------------
-# Timing, memory, FLOPs
+# Timing and memory
 # --------------------------------------------------------------------------------------------------
 
 def _sync(device: torch.device) -> None:
@@ -178,7 +95,7 @@ def _peak_memory(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     try:
-        import resource
+        import resource  # POSIX only: lazily, so the benchmark still runs (without RSS) elsewhere
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(rss if sys.platform == "darwin" else rss * 1024)
     except (ImportError, OSError):
@@ -190,52 +107,6 @@ def memory_kind(device: torch.device) -> str:
         return "torch.cuda.max_memory_allocated over the timed region (bytes)"
     return "process maximum RSS (bytes; ru_maxrss, cumulative over the whole run, not per mode)"
 
-
-def count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def train_flops_per_image(session: TrainSession, entries: list[dict], idx: list[int]) -> float:
-    """FLOPs per image of the whole training grid from short counted calls of ``_train_batch``: the first step
-    (per-batch work O + a typical step S), the first two (O + 2S) and the last alone (O + L; the last step skips the
-    plain decoder in ``chain`` mode): O + (n − 1)·S + L. Runs optimiser steps on the session's block."""
-    pairs, bs = session.pairs, len(idx)
-
-    def flops(steps):
-        return count_flops(lambda: session.run_batch(entries, idx, steps, eager=True))
-
-    one = flops(pairs[:1])
-    if len(pairs) == 1:
-        return one / bs
-    step = flops(pairs[:2]) - one
-    last = flops(pairs[-1:])  # O + L
-    return (one + (len(pairs) - 2) * step + last - (one - step)) / bs
-
-
-def edit_flops_per_image(unet, x0: torch.Tensor, delta, alphas: torch.Tensor, precision: str = "fp32",
-                         n_inv_step: int = 40, n_test_step: int = 40, t_0: int = T_0, t_edit: int = T_EDIT) -> float:
-    """FLOPs per image of inversion + edited generation from counted single steps: a plain U-Net pass (one inversion
-    step) and a 2-step generation (t_0 edited, 0 plain), each scaled by its number of steps."""
-    with torch.no_grad(), T.autocast(x0.device, precision):
-        f_plain = count_flops(lambda: sampling.invert(unet, x0, alphas, 2, t_0))
-        f_gen2 = count_flops(lambda: sampling.generate(unet, x0, alphas, 2, t_0, delta=delta, t_edit=t_edit))
-    f_edit = f_gen2 - f_plain
-    n_edited = sum(t >= t_edit for t, _ in D.generative_pairs(n_test_step, t_0))
-    return ((n_inv_step - 1) * f_plain + n_edited * f_edit + (n_test_step - n_edited) * f_plain) / x0.shape[0]
-
-
-_images = random_images
-
-
-def _entries(n: int, size: int, seed: int) -> list[dict]:
-    """Stand-in training entries (x0 in [−1, 1], x_T ~ N(0, I)): the timing does not depend on their values."""
-    g = torch.Generator().manual_seed(seed + 1)
-    x0 = torch.rand(n, 3, size, size, generator=g) * 2 - 1
-    x_T = torch.randn(n, 3, size, size, generator=g)
-    return [{"name": f"bench{i}", "x0": x0[i], "x_T": x_T[i]} for i in range(n)]
 
 
 def _finish(out: dict, flops_per_image: float, peak: float | None) -> dict:
@@ -250,9 +121,9 @@ def bench_train(models: BenchModels, direction, cfg: T.TrainConfig, device, warm
                 timed_steps: int = 5, repeats: int = 2, peak_tflops: float | None = None, seed: int = 0) -> dict:
     """Training throughput of one mode through ``asyrp.train._train_batch``."""
     device = torch.device(device)
-    session = TrainSession(cfg, models.backbone, direction, device)
+    session = T.Session(cfg, models.backbone, direction, device)
     bs, pairs = cfg.batch_size, session.pairs
-    entries, idx = _entries(bs, models.backbone.unet.image_size, seed), list(range(bs))
+    entries, idx = random_entries(bs, models.backbone.unet.image_size, seed), list(range(bs))
     timed = pairs if timed_steps <= 0 or timed_steps >= len(pairs) else pairs[:timed_steps]
     start = time.perf_counter()
     if warmup_steps > 0:  # the first steps pay for compiling (from the on-disk cache when it holds the graphs)
@@ -288,7 +159,7 @@ def bench_edit(models: BenchModels, block, precision: str, batch_size: int, devi
     unet = F.maybe_compiled(eager_unet, compile, compile_mode)
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)
     delta = sampling.DeltaSum([block], [1.0])  # strength 1, n_train_step = n_test_step
-    x0 = _images(batch_size, unet.image_size, seed, device)
+    x0 = random_images(batch_size, unet.image_size, seed, device)
     idx = list(range(batch_size))
 
     def run(n_inv=n_inv_step, n_test=n_test_step):
@@ -331,7 +202,6 @@ def device_info(device: torch.device) -> dict:
     info = {"type": device.type, "name": name, "bf16_peak_tflops": bf16_peak_tflops(name), "torch": torch.__version__,
             "cuda": torch.version.cuda if device.type == "cuda" else None, "threads": torch.get_num_threads()}
     if device.type == "cpu":
-        import platform
         info["name"] = platform.processor() or platform.machine()
     return info
 
@@ -356,7 +226,6 @@ def run_benchmark(tiny: bool = False, device=None, train_batch: int = 9, edit_ba
     and timing details; ``ratio`` is fast / the reference at the same batch size, ``ratio_batch1`` fast / the reference
     at batch 1.
     """
-    from asyrp.io import default_device
     device = default_device(device)
     say = progress or (lambda msg: None)
     info = device_info(device)
@@ -388,7 +257,7 @@ def run_benchmark(tiny: bool = False, device=None, train_batch: int = 9, edit_ba
                "reference_batch": mode_config("reference", batch_size=train_batch, device=device),
                "fast": mode_config("fast", batch_size=train_batch, compile=compile, device=device,
                                    **(fast_overrides or {}))}
-    direction = make_direction(models.encoder, models.clip_size, configs["reference"], device)
+    direction = T.make_direction(models.encoder, models.clip_size, configs["reference"], device)
     if "train" in tasks:
         record["train"] = {}
         for name in modes:
@@ -407,7 +276,6 @@ def run_benchmark(tiny: bool = False, device=None, train_batch: int = 9, edit_ba
         if "fast" in tr and "reference" in tr:
             tr["ratio_batch1"] = _ratio(tr["fast"], tr["reference"])
     if "edit" in tasks:
-        from asyrp.models.delta import DeltaBlockConfig
         res = T.resolve_run(configs["reference"], models.backbone, direction)
         block = T.init_block(configs["reference"], DeltaBlockConfig.from_dict(res.delta), device).eval()
         record["edit"] = {}
@@ -416,7 +284,7 @@ def run_benchmark(tiny: bool = False, device=None, train_batch: int = 9, edit_ba
             if name not in modes and not (name == "reference" and "reference_batch" in modes):
                 continue
             say(f"edit {name} (batch {bs}, {precision}, compile {comp})")
-            apply_speed_settings(configs[name], models.backbone.unet, device)  # TF32 flags of the mode
+            T.apply_speed_settings(configs[name], models.backbone.unet, device)  # TF32 flags of the mode
             record["edit"][name] = bench_edit(models, block, precision, bs, device, repeats, n_inv_step, n_test_step,
                                               peak, seed, compile=comp)
             say(f"  {record['edit'][name]['images_per_s']:.3g} images/s, warm-up "
@@ -466,93 +334,3 @@ def format_table(record: dict) -> str:
             for k, c in g["checks"].items()))
         lines += [f"guard warning: {w}" for w in g.get("warnings", [])]
     return "\n".join(lines)
-
-
-def results_path(results_dir: str | Path, record: dict) -> Path:
-    date = record["date"][:10]
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]["name"] or record["device"]["type"]).strip("-")
-    return Path(results_dir) / f"{date}_{gpu}.jsonl"
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI: asyrp bench
-# --------------------------------------------------------------------------------------------------
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tiny", action="store_true", help="reduced U-Net and tiny CLIP: the same code in seconds on a CPU")
-    p.add_argument("--device", help="cuda / cpu (default: CUDA when present)")
-    p.add_argument("--train-batch", type=int, help="fast-mode training batch size (default 9; tiny 2)")
-    p.add_argument("--edit-batch", type=int, help="fast-mode editing batch size (default 16; tiny 4)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="compile the fast mode's U-Net (default: the fast preset's choice, on CUDA only)")
-    p.add_argument("--tasks", default="train,edit", help="train,edit (default both)")
-    p.add_argument("--modes", default=",".join(TRAIN_MODES),
-                   help="reference (batch 1), reference_batch (the fast mode's batch), fast (default: all three)")
-    p.add_argument("--fast-set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set a TrainConfig field of the fast mode, e.g. compile_mode=reduce-overhead (repeatable)")
-    p.add_argument("--train-warmup", type=int, default=2, help="untimed training steps per mode (default 2)")
-    p.add_argument("--train-steps", type=int, help="timed steps per repeat, 0 = the whole grid (default 5; tiny 3)")
-    p.add_argument("--repeats", type=int, help="timed repeats per mode and task (default 2; tiny 1)")
-    p.add_argument("--n-inv-step", type=int, help="inversion steps of an edit (default 40; tiny 10)")
-    p.add_argument("--n-test-step", type=int, help="generation steps of an edit (default 40; tiny 10)")
-    p.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the numerical guard (default: on a GPU)")
-    p.add_argument("--out", help="append the JSON line to this file")
-    p.add_argument("--results-dir", default="benchmarks/results",
-                   help="on a GPU (without --out) append to <results-dir>/<date>_<gpu>.jsonl")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["compile_mode=reduce-overhead", "precision=bf16"]`` → TrainConfig field values (typed as the field)."""
-    from asyrp import config as C
-    fields = {f.name: f for f in dataclasses.fields(T.TrainConfig)}
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or name not in fields:
-            raise ValueError(f"--fast-set {item!r}: expected FIELD=VALUE with a TrainConfig field "
-                             f"(e.g. compile_mode=reduce-overhead)")
-        out[name] = C.parse_value(T.TrainConfig, name, value)
-    return out
-
-
-def main(args: argparse.Namespace) -> int:
-    from asyrp.io import default_device
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tiny = args.tiny
-    device = default_device(args.device)
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    unknown = set(tasks) - {"train", "edit"}
-    if unknown:
-        raise ValueError(f"unknown task(s) {sorted(unknown)}; choose from train, edit")
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    overrides = parse_overrides(args.fast_set)
-
-    def pick(value, full, small):
-        return value if value is not None else (small if tiny else full)
-
-    record = run_benchmark(
-        tiny=tiny, device=device, train_batch=pick(args.train_batch, 9, 2), edit_batch=pick(args.edit_batch, 16, 4),
-        compile=args.compile, tasks=tasks, modes=modes, fast_overrides=overrides, train_warmup=args.train_warmup, train_steps=pick(args.train_steps, 5, 3),
-        repeats=pick(args.repeats, 2, 1), n_inv_step=pick(args.n_inv_step, 40, 10),
-        n_test_step=pick(args.n_test_step, 40, 10),
-        guard=args.guard if args.guard is not None else device.type == "cuda",
-        seed=args.seed, progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
-    line = json.dumps(record, default=str)
-    print(format_table(record), file=sys.stderr)
-    targets = [Path(args.out)] if args.out else []
-    if device.type == "cuda" and not args.out:
-        targets.append(results_path(args.results_dir, record))
-    for path in targets:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(line + "\n")
-        print(f"[bench] appended to {path}", file=sys.stderr)
-    print(line, flush=True)
-    if record["guard"] is not None and not record["guard"]["passed"]:
-        print("[bench] numerical guard FAILED", file=sys.stderr)
-        return 1
-    return 0
