@@ -112,7 +112,8 @@ def test_celeba_demo_offline_names_every_missing_file(tmp_path, capsys):
     assert cli_main(["demo", "--world", "celeba", "--out", str(tmp_path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()  # a short line per missing file, then the fix
     assert len(lines) == 5 and all(len(line) <= 200 for line in lines), lines
-    assert "needs 3 weights file(s)" in lines[0] and "asyrp download ddpm-celeba-hq asyrp-smiling asyrp-pixar" in lines[4]
+    assert "needs 3 weights file(s)" in lines[0]
+    assert "asyrp download ddpm-celeba-hq asyrp-smiling asyrp-pixar" in lines[4]
     for line, name in zip(lines[1:4], ("celeba_hq.ckpt", "smiling_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth",
                                        "pixar_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth")):
         assert line.startswith(f"  {name} (")

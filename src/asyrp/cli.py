@@ -116,19 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def at_least(low: int):
-    """An argparse ``type``: an integer >= ``low`` (checked before any work, reported as one line)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    return parse
-
-
 def _one_line_warning(name: str):
     """``warnings.showwarning`` for the CLI: ``asyrp NAME: warning: MESSAGE`` without the source line."""
     def show(message, category, filename, lineno, file=None, line=None):

@@ -63,6 +63,19 @@ def _parse_list(text: str) -> list:
     return out
 
 
+def at_least(low: int):
+    """An argparse ``type``: an integer >= ``low`` (checked before any work, reported as one line)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
 def parse_numbers(text: str) -> list:
     """"-1,0.5,1" → [-1, 0.5, 1]; anything else is an argparse error (one line, before any work)."""
     values = _parse_list(text)

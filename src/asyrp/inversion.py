@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from asyrp import diffusion as D
 from asyrp import sampling
-from asyrp.cli import at_least
+from asyrp.config import at_least
 from asyrp.io import atomic_torch_save, default_device
 
 CACHE_VERSION = 1
