@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     sub = _Parser(prog=f"asyrp {name}", description=COMMANDS[name][1])
     module.configure_parser(sub)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning(name)  # format only: a caller recording warnings still records them
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning(name)
-            args = sub.parse_args(argv[1:])
-            code = int(module.main(args) or 0)
-            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
-            return code
+        args = sub.parse_args(argv[1:])
+        code = int(module.main(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+        return code
     except KeyboardInterrupt:
         print("asyrp: interrupted", file=sys.stderr)
         return 130
@@ -114,14 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         fix = FAULT_FIXES.get(e.errno)
         _error(name, _os_message(e) + (f"; {fix}" if fix else ""))
         return 1
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def _one_line_warning(name: str):
-    """``warnings.showwarning`` for the CLI: ``asyrp NAME: warning: MESSAGE`` without the source line."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        text = " ".join(str(message).split())
-        print(f"asyrp {name}: warning: {text}", file=file or sys.stderr)
-    return show
+    """``warnings.formatwarning`` for the CLI: ``asyrp NAME: warning: MESSAGE`` without the source line."""
+    def format(message, category, filename, lineno, line=None) -> str:
+        return f"asyrp {name}: warning: {' '.join(str(message).split())}\n"
+    return format
 
 
 def _close_progress_bars() -> None:
