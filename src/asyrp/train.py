@@ -64,8 +64,10 @@ class TrainConfig:
     n_inv_step: int = 40
     n_train_step: int = 40
     t_edit: int | None = None             # None: attribute table, else LPIPS table × text cosine
-    t_boost: int | None = None            # previews and later edits only (training is η = 0)
+    t_boost: int | None = None            # None: attribute table, else the backbone's LPIPS table (previews, edits)
     lpips_edit_th: float = 0.33
+    lpips_boost_th: float = D.BOOST_LPIPS_TH     # automatic t_boost: first t whose LPIPS reaches this
+    lpips_boost_table: str = D.BOOST_LPIPS_TABLE  # "x" = LPIPS(x_t, x0) (167 on CelebA), "x0_t" (original default 0.1)
     # the block
     delta: DeltaBlockConfig | None = None  # channels / spatial size / temb width come from the backbone
     init_from: str | None = None           # transfer learning: start from another direction's weights
@@ -108,7 +110,8 @@ class TrainConfig:
         for name, value, allowed in (("optimizer", self.optimizer, ("sgd", "adamw")),
                                      ("l1_reference", self.l1_reference, ("chain", "same_xt")),
                                      ("precision", self.precision, fast.PRECISIONS),
-                                     ("compile_mode", self.compile_mode, fast.COMPILE_MODES)):
+                                     ("compile_mode", self.compile_mode, fast.COMPILE_MODES),
+                                     ("lpips_boost_table", self.lpips_boost_table, ("x", "x0_t"))):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {allowed}")
         for name in ("n_images", "epochs", "batch_size", "accumulation_steps", "n_train_step", "n_inv_step"):
@@ -167,19 +170,24 @@ class Resolved:
     backbone_sha256: str
     delta: dict
     training_steps: list = field(default_factory=list)
+    t_edit_source: str = ""       # "flag/config", "attribute table" or "LPIPS table (celeba, x0_t, threshold … × cos …)"
+    t_boost_source: str = ""      # the same, or "off: …" where the backbone has no LPIPS table
 
 
 def resolve_run(cfg: TrainConfig, backbone, clip) -> Resolved:
+    """Texts, t_edit, t_boost (with where each came from), λ_CLIP and the block's shape for a run.
+
+    t_edit: the config, else the attribute table, else the LPIPS(P_t, x0) table of the backbone's domain (the
+    attribute's for a backbone without one) at lpips_edit_th × text cosine, as the original. t_boost: the config, else
+    the attribute table, else the backbone's LPIPS table at lpips_boost_th; a backbone without a table (the shapes world,
+    a U-Net file) has no automatic t_boost, and the run records why quality boosting is off.
+    """
     attr = resolve_texts(cfg.attribute, cfg.src, cfg.trg)
     text_cosine = clip.text_cosine()
-    t_edit = cfg.t_edit if cfg.t_edit is not None else attr.t_edit
-    if t_edit is None:
-        domain = backbone.lpips_domain or attr.domain
-        try:
-            t_edit = D.select_t_edit(text_cosine, domain, cfg.lpips_edit_th)
-        except ValueError as e:
-            raise UserError(f"cannot choose t_edit automatically ({e}); give --t-edit") from None
-    t_boost = cfg.t_boost if cfg.t_boost is not None else attr.t_boost
+    t_edit, t_edit_source = choose_t_edit(cfg.t_edit, attr.t_edit, lambda: text_cosine,
+                                          backbone.lpips_domain or attr.domain, cfg.lpips_edit_th)
+    t_boost, t_boost_source = choose_t_boost(cfg.t_boost, attr.t_boost, backbone, cfg.lpips_boost_th,
+                                             cfg.lpips_boost_table)
     clip_weight = cfg.clip_weight if cfg.clip_weight is not None else (attr.clip_weight or 1.0)
     kind = getattr(backbone.unet, "default_delta_kind", "conv")  # adm on iDDPM / ADM backbones
     delta = dataclasses.replace(cfg.delta or DeltaBlockConfig(kind=kind), channels=backbone.unet.h_channels,
@@ -187,7 +195,37 @@ def resolve_run(cfg: TrainConfig, backbone, clip) -> Resolved:
     steps = D.training_pairs(cfg.n_train_step, t_edit, cfg.t_0)
     return Resolved(attr.name, attr.src, attr.trg, int(t_edit), t_boost, text_cosine, clip_weight,
                     cfg.clip_model or backbone.default_clip, backbone.fingerprint, delta.to_dict(),
-                    [list(p) for p in steps])
+                    [list(p) for p in steps], t_edit_source, t_boost_source)
+
+
+def choose_t_edit(given: int | None, table_value: int | None, text_cosine, domain: str,
+                  lpips_edit_th: float) -> tuple[int, str]:
+    """(t_edit, source): ``given`` (flag or config), else ``table_value`` (attribute table), else the LPIPS table of
+    ``domain`` at lpips_edit_th × ``text_cosine()`` (a callable: editing loads CLIP only when it is needed)."""
+    if given is not None:
+        return int(given), "flag/config"
+    if table_value is not None:
+        return int(table_value), "attribute table"
+    try:
+        return D.t_edit_from_table(text_cosine(), domain, lpips_edit_th)
+    except ValueError as e:
+        raise UserError(f"cannot choose t_edit automatically ({e}); give --t-edit") from None
+
+
+def choose_t_boost(given: int | None, table_value: int | None, backbone, lpips_boost_th: float,
+                   lpips_boost_table: str) -> tuple[int | None, str]:
+    """(t_boost, source): ``given``, else ``table_value``, else the backbone's LPIPS table; None (boosting off, with
+    the reason) for a backbone without an LPIPS table."""
+    if given is not None:
+        return int(given), "flag/config"
+    if table_value is not None:
+        return int(table_value), "attribute table"
+    if backbone.lpips_domain is None:
+        return None, f"off: backbone {backbone.name!r} has no LPIPS table (give --t-boost to boost)"
+    try:
+        return D.t_boost_from_table(backbone.lpips_domain, lpips_boost_th, lpips_boost_table)
+    except ValueError as e:
+        raise UserError(f"cannot choose t_boost automatically ({e}); give --t-boost") from None
 
 
 def init_block(cfg: TrainConfig, delta: DeltaBlockConfig, device):
@@ -421,6 +459,7 @@ def _run(session: Session, run_dir: Path, entries: list[dict], is_main: bool, di
 
 def _meta(cfg: TrainConfig, res: Resolved, state: dict) -> dict:
     return {"attribute": res.attribute, "src": res.src, "trg": res.trg, "t_edit": res.t_edit, "t_boost": res.t_boost,
+            "t_edit_source": res.t_edit_source, "t_boost_source": res.t_boost_source,
             "n_train_step": cfg.n_train_step, "t_0": cfg.t_0, "backbone": cfg.backbone,
             "backbone_sha256": res.backbone_sha256, "clip_model": res.clip_model, "epochs": state["epoch"],
             "steps": state["step"], "images": state["images"]}
