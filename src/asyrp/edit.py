@@ -3,8 +3,8 @@
 For each image: x_T from the inversion cache (DDIM inversion, done once), then the reverse process over n_test_step
 steps with h̃ = c0·h + Σ_i w_i·f_i(h, t) for t ≥ t_edit and quality boosting (η = 1) below t_boost. The weight of a
 direction is  strength × coefficient × n_train_step / n_test_step  (the reference's "non-accelerated" scaling: more
-steps, smaller pushes). Several directions are summed (coefficients 1/√k by default, as the reference), or two are
-interpolated (coefficients 1 − α and α).
+steps, smaller pushes). k directions are summed with coefficients c_i/√k (c_i = 1 unless given), as the reference's
+--multiple_hs_coeff, or two are interpolated (coefficients 1 − α and α).
 
 Outputs (stable names, one PNG per image): ``original/``, ``reconstructed/`` (the same sampler without Δh, with the
 same boost noise unless --no-boost-reconstruction), ``edited/`` — or ``edited_<label>/`` per setting of a strength
@@ -37,7 +37,7 @@ from asyrp.weights import resolve_direction
 @dataclass
 class EditConfig:
     directions: list = field(default_factory=list)   # delta checkpoints (ours, official *_LC_*.pth, asyrp-<attr>)
-    coefficients: list | None = None                 # per direction; default 1/√k for k > 1 directions
+    coefficients: list | None = None                 # c_i per direction, applied as c_i/√k (default c_i = 1)
     strengths: list = field(default_factory=lambda: [1.0])  # a sweep (e.g. -1,-0.5,0,0.5,1) writes one folder each
     interpolate: list | None = None                  # α values between exactly two directions
     backbone: str = "celeba-hq"
@@ -182,9 +182,10 @@ def _text_cosine(direction: Direction, backbone, weights_dir: str | None, device
 def settings_for(cfg: EditConfig, directions: list[Direction]) -> list[dict]:
     """One dict per edited folder: label, the weight of each direction, and what produced it."""
     k = len(directions)
-    coeffs = cfg.coefficients or ([1 / math.sqrt(k)] * k if k > 1 else [1.0])
-    if len(coeffs) != k:
-        raise UserError(f"{k} directions need {k} coefficients, got {len(coeffs)}")
+    given = cfg.coefficients or [1.0] * k
+    if len(given) != k:
+        raise UserError(f"{k} directions need {k} coefficients, got {len(given)}")
+    coeffs = [c / math.sqrt(k) for c in given]  # the reference divides given coefficients by √k too
     scale = [d.n_train_step / cfg.n_test_step for d in directions]
     out = []
     if cfg.interpolate:
