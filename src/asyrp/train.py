@@ -37,6 +37,7 @@ from asyrp import diffusion as D
 from asyrp import fast
 from asyrp.attributes import attribute_table, resolve_texts
 from asyrp.cli import UserError
+from asyrp.clip_loss import set_clip_precision
 from asyrp.io import append_jsonl, atomic_json, atomic_torch_save, default_device
 from asyrp.models.delta import DeltaBlockConfig, build_delta_block, load_delta_block, save_delta_block
 
@@ -52,6 +53,7 @@ class TrainConfig:
     clip_model: str | None = None         # None: the backbone's default (ViT-B/16 for CelebA-HQ, as the reference)
     clip_templates: bool = True           # 79 ImageNet templates for the text direction
     clip_antialias: bool = False          # the reference resized without antialiasing
+    clip_precision: str = "fp32"          # fp32 | fp16 (the original's clip.load on a GPU); the reference preset: fp32
     # data: cached inversions of a folder / LMDB, or images sampled from the backbone
     data: str = "sampled"
     split: str | None = None
@@ -111,7 +113,8 @@ class TrainConfig:
                                      ("l1_reference", self.l1_reference, ("chain", "same_xt")),
                                      ("precision", self.precision, fast.PRECISIONS),
                                      ("compile_mode", self.compile_mode, fast.COMPILE_MODES),
-                                     ("lpips_boost_table", self.lpips_boost_table, ("x", "x0_t"))):
+                                     ("lpips_boost_table", self.lpips_boost_table, ("x", "x0_t")),
+                                     ("clip_precision", self.clip_precision, ("fp32", "fp16"))):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {allowed}")
         for name in ("n_images", "epochs", "batch_size", "accumulation_steps", "n_train_step", "n_inv_step"):
@@ -121,8 +124,9 @@ class TrainConfig:
 
 PRESETS = {
     # the original's work: fp32, batch 1, a separate unedited chain, nothing cached
+    # (CLIP in fp32: the original's clip.load on a CPU; on a GPU it ran fp16, which --clip-precision fp16 gives)
     "reference": dict(precision="fp32", batch_size=1, l1_reference="chain", cache_source_embeddings=False,
-                      channels_last=False, compile=False, tf32=False, fused_step=False),
+                      channels_last=False, compile=False, tf32=False, fused_step=False, clip_precision="fp32"),
     # the same objective (the unedited chain as L1 target) and, unless --batch-size is given, the same batch-1 SGD:
     # fp16 autocast with loss scaling, the chain fused into the plain pass, cached source embeddings, contiguous
     # tensors (channels_last was 25 % slower on an H200), the U-Net compiled on CUDA
@@ -341,6 +345,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
         backbone = load_backbone(cfg.backbone, device=device)
     if clip is None:
         clip = load_clip_model(cfg.clip_model or backbone.default_clip, device=device)
+    set_clip_precision(clip[0], cfg.clip_precision)
     direction = make_direction(*clip, cfg, device)
     res = resolve_run(cfg, backbone, direction)
     record = {"config": C.to_dict(cfg), "resolved": dataclasses.asdict(res)}
@@ -605,9 +610,11 @@ DELTA_FLAGS = ("kind", "heads", "layers", "ff_dim", "time_embedding", "norm", "a
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (config, log, previews, checkpoints, delta.pt)")
     p.add_argument("--config", help="YAML of TrainConfig fields (the command line overrides it)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="reference: the original's fp32 batch-1 work; "
-                                                              "fast: the same objective in fp16, the unedited chain "
-                                                              "fused into the plain pass, compiled on CUDA")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="reference: the original's fp32 batch-1 work (CLIP in "
+                                                              "fp32 as the original on a CPU; its GPU runs used fp16: "
+                                                              "add --clip-precision fp16); fast: the same objective in "
+                                                              "fp16, the unedited chain fused into the plain pass, "
+                                                              "compiled on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.add_argument("--attr", dest="attribute", help="attribute name from the table (e.g. smiling)")
     p.add_argument("--list-attributes", action="store_true", help="print the attribute table and exit")
