@@ -15,6 +15,7 @@ from asyrp.backbones import Backbone, fingerprint
 from asyrp.cli import UserError
 from asyrp.clip_loss import CLIPDirection
 from asyrp.edit import EditConfig, edit
+from asyrp.models.delta import build_delta_block
 from asyrp.models.unet import DDPMUNet
 from asyrp.train import TrainConfig, resolve_run, train
 from conftest import FIXTURES, tiny_backbone, tiny_clip
@@ -134,3 +135,16 @@ def test_released_direction_with_a_table_entry(tmp_path, backbone_512):
     cfg.boost = False
     record = edit(cfg, tmp_path / "out2", backbone=backbone_512, entries=_entries(), progress=False)
     assert (record["t_boost"], record["t_boost_source"]) == (None, "off: --no-boost")
+
+
+def test_no_lpips_table_to_derive_t_edit_from_is_a_one_line_error(tmp_path):
+    bb = tiny_backbone()  # h = 64 × 4 × 4, no LPIPS table
+    block = build_delta_block(channels=64, temb_channels=bb.unet.temb_ch, spatial_size=4)
+    path = tmp_path / RELEASED.replace("smiling", "makeup")
+    torch.save({"0": block.state_dict()}, path)  # the released layout: no config, no t_edit
+    cfg = EditConfig(directions=[str(path)], n_test_step=4, n_images=1, device="cpu",
+                     delta_config=f"channels=64,temb_channels={bb.unet.temb_ch},spatial_size=4")
+    with pytest.raises(UserError) as e:
+        edit(cfg, tmp_path / "out", backbone=bb, entries=_entries(), progress=False)
+    assert str(e.value) == (f"{path}: no t_edit in the checkpoint or the attribute table, and backbone 'tiny' has no "
+                            "LPIPS table to derive it from; give --t-edit")

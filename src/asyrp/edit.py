@@ -26,12 +26,13 @@ from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp import fast
 from asyrp import sampling
-from asyrp.attributes import attribute_table
+from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit
 from asyrp.cli import UserError
+from asyrp.clip_loss import CLIPDirection
 from asyrp.io import atomic_json, default_device
 from asyrp.models.delta import CheckpointError, DeltaBlockConfig, load_delta_block
 from asyrp.plots import save_png, save_rows
-from asyrp.weights import resolve_direction
+from asyrp.weights import MissingWeightsError, resolve_direction
 
 
 @dataclass
@@ -142,7 +143,6 @@ def choose_timesteps(cfg: EditConfig, directions: list[Direction], backbone, wei
     text cosine. t_boost: --t-boost, else the first direction's, else the backbone's LPIPS table (off, with the reason,
     for a backbone without one, and with --no-boost).
     """
-    from asyrp.train import choose_t_boost, choose_t_edit
     if cfg.t_edit is not None:
         t_edit, t_edit_source = int(cfg.t_edit), "flag/config"
     else:
@@ -152,14 +152,20 @@ def choose_timesteps(cfg: EditConfig, directions: list[Direction], backbone, wei
                 if not (d.src and d.trg):
                     raise UserError(f"{d.path}: no t_edit in the checkpoint or the attribute table and no texts to "
                                     "derive it from; give --t-edit")
+                if backbone.lpips_domain is None:
+                    raise UserError(f"{d.path}: no t_edit in the checkpoint or the attribute table, and backbone "
+                                    f"{backbone.name!r} has no LPIPS table to derive it from; give --t-edit")
                 d.t_edit, d.t_edit_source = choose_t_edit(
-                    None, None, lambda d=d: _text_cosine(d, backbone, weights_dir, device),
-                    backbone.lpips_domain or "celeba", cfg.lpips_edit_th)
+                    None, None, lambda d=d: _text_cosine(d, backbone, weights_dir, device), backbone.lpips_domain,
+                    cfg.lpips_edit_th)
             chosen.append((d.t_edit, d.t_edit_source))
         t_edit, t_edit_source = max(chosen, key=lambda c: c[0])
     stored = next((d for d in directions if d.t_boost is not None), None)
-    t_boost, t_boost_source = choose_t_boost(cfg.t_boost, None, backbone, cfg.lpips_boost_th, cfg.lpips_boost_table) \
-        if cfg.t_boost is not None or stored is None else (stored.t_boost, stored.t_boost_source)
+    if cfg.t_boost is None and stored is not None:
+        t_boost, t_boost_source = stored.t_boost, stored.t_boost_source
+    else:
+        t_boost, t_boost_source = choose_t_boost(cfg.t_boost, None, backbone, cfg.lpips_boost_th,
+                                                 cfg.lpips_boost_table)
     if not cfg.boost:
         t_boost, t_boost_source = None, "off: --no-boost"
     return {"t_edit": t_edit, "t_edit_source": t_edit_source, "t_boost": t_boost, "t_boost_source": t_boost_source}
@@ -167,9 +173,7 @@ def choose_timesteps(cfg: EditConfig, directions: list[Direction], backbone, wei
 
 def _text_cosine(direction: Direction, backbone, weights_dir: str | None, device) -> float:
     """cos(E_T(src), E_T(trg)) of a direction's raw texts with the backbone's CLIP (the original's t_edit input)."""
-    from asyrp.backbones import load_clip_model
-    from asyrp.clip_loss import CLIPDirection
-    from asyrp.weights import MissingWeightsError
+    from asyrp.backbones import load_clip_model  # as load_backbone in edit(): the models are imported when used
     try:
         encoder, _ = load_clip_model(backbone.default_clip, weights_dir=weights_dir, device=device or "cpu")
     except MissingWeightsError:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp import fast
-from asyrp.attributes import attribute_table, resolve_texts
+from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit, resolve_texts
 from asyrp.cli import UserError
 from asyrp.clip_loss import set_clip_precision
 from asyrp.io import append_jsonl, atomic_json, atomic_torch_save, default_device
@@ -200,36 +200,6 @@ def resolve_run(cfg: TrainConfig, backbone, clip) -> Resolved:
     return Resolved(attr.name, attr.src, attr.trg, int(t_edit), t_boost, text_cosine, clip_weight,
                     cfg.clip_model or backbone.default_clip, backbone.fingerprint, delta.to_dict(),
                     [list(p) for p in steps], t_edit_source, t_boost_source)
-
-
-def choose_t_edit(given: int | None, table_value: int | None, text_cosine, domain: str,
-                  lpips_edit_th: float) -> tuple[int, str]:
-    """(t_edit, source): ``given`` (flag or config), else ``table_value`` (attribute table), else the LPIPS table of
-    ``domain`` at lpips_edit_th × ``text_cosine()`` (a callable: editing loads CLIP only when it is needed)."""
-    if given is not None:
-        return int(given), "flag/config"
-    if table_value is not None:
-        return int(table_value), "attribute table"
-    try:
-        return D.t_edit_from_table(text_cosine(), domain, lpips_edit_th)
-    except ValueError as e:
-        raise UserError(f"cannot choose t_edit automatically ({e}); give --t-edit") from None
-
-
-def choose_t_boost(given: int | None, table_value: int | None, backbone, lpips_boost_th: float,
-                   lpips_boost_table: str) -> tuple[int | None, str]:
-    """(t_boost, source): ``given``, else ``table_value``, else the backbone's LPIPS table; None (boosting off, with
-    the reason) for a backbone without an LPIPS table."""
-    if given is not None:
-        return int(given), "flag/config"
-    if table_value is not None:
-        return int(table_value), "attribute table"
-    if backbone.lpips_domain is None:
-        return None, f"off: backbone {backbone.name!r} has no LPIPS table (give --t-boost to boost)"
-    try:
-        return D.t_boost_from_table(backbone.lpips_domain, lpips_boost_th, lpips_boost_table)
-    except ValueError as e:
-        raise UserError(f"cannot choose t_boost automatically ({e}); give --t-boost") from None
 
 
 def init_block(cfg: TrainConfig, delta: DeltaBlockConfig, device):
