@@ -39,6 +39,54 @@ def _isolated_asyrp_home(tmp_path_factory):
     os.environ["ASYRP_HOME"] = str(tmp_path_factory.mktemp("asyrp_home"))
 
 
+# --------------------------------------------------------------------------------------------------
+# The one tolerance rule for equivalence tests against the fixtures (README, "Testing")
+# --------------------------------------------------------------------------------------------------
+
+FP32_EPS = torch.finfo(torch.float32).eps  # 2**-23: one float32 ulp at 1.0
+
+
+def fp32_tolerance(expected: torch.Tensor, ulps: float, scale: float | None = None) -> float:
+    """The absolute tolerance ``ulps × ε₃₂ × max|expected|`` (or ``× scale``) of :func:`assert_close_fp32`."""
+    if scale is None:
+        scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
+    return ulps * FP32_EPS * max(scale, torch.finfo(torch.float32).tiny)
+
+
+def fp32_error_ulps(actual: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> float:
+    """max|actual − expected| in units of ε₃₂ × max|expected| (what :func:`assert_close_fp32` compares with ulps)."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    diff = float((actual.detach().double() - expected.detach().double()).abs().max()) if expected.numel() else 0.0
+    return diff / fp32_tolerance(expected, 1.0, scale)
+
+
+def assert_close_fp32(actual, expected, ulps: float, msg: str = "", scale: float | None = None) -> None:
+    """Equal up to float32 round-off: every |actual − expected| ≤ ulps · ε₃₂ · max|expected|.
+
+    Why relative to the largest value of the tensor and not to each element: a float32 result computed in another
+    order (another CPU's SIMD width, another thread count, another BLAS) differs by a few roundings of its
+    *intermediate* values, and those are as large as the largest inputs, not as the element itself. Cancellation
+    carries that error into small elements: P_t = (x_t − √(1−ᾱ)ε)/√ᾱ at t = 973 has values near 478 and elements near
+    4 whose error is ~1e-5 (0.1 ulp of 478, 20 ulp of 4). A per-element rtol/atol pair fails there on one CPU and
+    passes on another.
+
+    ``ulps`` counts the roundings one output can accumulate: about the number of dependent float32 operations for
+    element-wise maths (a DDIM step: 16), and √(terms summed) per reduction for networks, summed over the layers
+    (see each test). ``scale`` replaces max|expected| where an intermediate value is larger than the output: the
+    argument t·f (up to 999) of the sinusoidal embedding sin(t·f). Each test's value is ≥ 5× the largest error measured
+    with 1 and 2 threads, and test_tolerances.py shows that a real error exceeds it: one weight off by 1e-3 in the U-Net,
+    the official block and an attention block, ᾱ off by 0.1 % in a DDIM step. The rule's resolution is stated there:
+    a 1e-3 change of some middle-block U-Net weights moves ε by less than another summation order does, and no
+    tolerance that holds across CPUs can see it.
+    """
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)} ≠ {tuple(expected.shape)}"
+    err = fp32_error_ulps(actual, expected, scale)
+    if not err <= ulps:  # NaN fails too
+        what = f"{scale:.4g}" if scale is not None else f"max|expected| ({float(expected.abs().max()):.4g})"
+        raise AssertionError(f"{msg}: max|actual − expected| = {err:.3g} ulps of {what}, allowed {ulps}")
+
+
 def decode_state_dict(encoded: dict) -> dict:
     """Decode the fixtures' exact low-rank integer encoding (see ../shared/fixtures/README.md)."""
     out = {}

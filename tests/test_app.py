@@ -141,7 +141,8 @@ def test_several_directions_are_coefficients_of_strength_one(editor, red_circle)
     cfg = editor.config(picture, parse_choices([SHIPPED, "", label], [1.0, 2.0, -0.5]))
     assert (cfg.strengths, cfg.coefficients) == ([1.0], [1.0, -0.5])
     again = C.from_dict(EditConfig, json.loads(json.dumps(C.to_dict(cfg))))
-    assert settings_for(again, [editor.directions[SHIPPED]] * 2)[0]["weights"] == [1.0, -0.5]
+    # as the reference's --multiple_hs_coeff: coefficient c_i weighs c_i/√k (k = 2 directions)
+    assert settings_for(again, [editor.directions[SHIPPED]] * 2)[0]["weights"] == [1.0 / 2 ** 0.5, -0.5 / 2 ** 0.5]
 
 
 def test_examples_are_shapes_world_images(editor, tmp_path):

@@ -10,6 +10,8 @@ import torch
 from asyrp.backbones import load_backbone
 from asyrp.models.diffusers_ddpm import DiffusersFormatError, load_diffusers_unet
 from asyrp.models.unet import BackboneLoadError
+from conftest import assert_close_fp32
+from test_unet import UNET_ULPS
 
 diffusers = pytest.importorskip("diffusers")  # the test extra (pip install .[test])
 
@@ -58,7 +60,7 @@ def test_bin_file_and_old_attention_names(folder, tmp_path):
     backbone = load_backbone(str(tmp_path))
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
-        assert torch.allclose(backbone.unet(x, 300), model(x, torch.tensor([300])).sample, atol=1e-5, rtol=0)
+        assert_close_fp32(backbone.unet(x, 300), model(x, torch.tensor([300])).sample, ulps=UNET_ULPS)
 
 
 def test_strict_conversion_errors(folder, tmp_path):

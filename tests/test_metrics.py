@@ -118,7 +118,13 @@ def test_kid_matches_double_loop_and_is_deterministic():
     kid = metrics.kid_from_features(x, y, num_subsets=1, subset_size=1000)
     assert kid["subset_size"] == 8 and kid["num_subsets"] == 1
     assert kid["mean"] == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
-    assert kid["std"] == 0
+    # N = 8 < subset size 1000: every subset is the whole set, so there is no spread to report (not a std of 0)
+    many = metrics.kid_from_features(x, y, num_subsets=100, subset_size=1000)
+    assert many == {**kid, "num_subsets": 1}
+    assert kid["std"] is None and kid["note"] == ("std not defined: N = 8 ≤ subset size 1000, so every subset is the "
+                                                  "whole set; give a smaller --kid-subset-size for a spread")
+    smaller = metrics.kid_from_features(x, y, num_subsets=10, subset_size=4)
+    assert smaller["subset_size"] == 4 and smaller["std"] > 0 and "note" not in smaller
 
     big_a, big_b = rng.standard_normal((60, 5)), rng.standard_normal((50, 5))
     r1 = metrics.kid_from_features(big_a, big_b, num_subsets=10, subset_size=20, seed=7)
@@ -248,7 +254,8 @@ def test_evaluate_run_end_to_end(tmp_path, fid_net, tiny_clip):
         assert find("fid", pair, "a")["mean"] > 0
         assert find("fid", pair, "b")["mean"] is None and "n >= 2" in find("fid", pair, "b")["note"]
         k = find("kid", pair)
-        assert k["num_subsets"] == 5 and k["subset_size"] == 3
+        assert k["num_subsets"] == 1 and k["subset_size"] == 3 and k["std"] is None  # N = 3: the whole set
+        assert k["note"].startswith("std not defined: N = 3 ≤ subset size 1000")
     assert find("s_dir", ["original", "edited"], "b")["std_ddof1"] is None  # one image: no sample std (not NaN)
     # the edit shifts colours strongly, the reconstruction only adds small noise
     assert find("fid", ["original", "reconstructed"])["mean"] < find("fid", ["original", "edited"])["mean"]

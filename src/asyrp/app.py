@@ -199,7 +199,7 @@ class Editor:
         """(edited, reconstruction, config): the reverse process from the cached x_T with and without Δh."""
         cfg = self.config(picture, choices)
         directions = [self.directions[label] for label, _ in choices]
-        t_edit, t_boost = edit_times(cfg, directions)
+        t_edit, t_boost = edit_times(cfg, directions, self.backbone, self.weights_dir, self.device)
         cfg.t_edit, cfg.t_boost = t_edit, t_boost
         weights = settings_for(cfg, directions)[0]["weights"]
         recon = self.reconstruct(picture, t_boost, cfg.seed)

@@ -160,12 +160,36 @@ class OpenClipEncoder(nn.Module):
         if frozen:
             self.model.eval().requires_grad_(False)
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The image tower's dtype (its first convolution's, as OpenAI's ``CLIP.dtype``): fp16 after fp16 precision."""
+        conv = getattr(getattr(self.model, "visual", None), "conv1", None)
+        return conv.weight.dtype if conv is not None else next(self.model.parameters()).dtype
+
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels.to(next(self.model.parameters()).dtype))
+        return self.model.encode_image(pixels.to(self.input_dtype))
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts)).to(next(self.model.parameters()).device)
         return self.model.encode_text(tokens)
+
+
+CLIP_PRECISIONS = ("fp32", "fp16")
+
+
+def set_clip_precision(encoder: OpenClipEncoder, precision: str) -> OpenClipEncoder:
+    """``fp16``: the weights of convolutions, linear and attention layers and the projections in float16, layer norms
+    computing in float32 — what the original's ``clip.load`` does on a GPU (OpenAI's ``convert_weights``); ``fp32``:
+    unchanged (``clip.load`` on a CPU, and this package's default). Embeddings are returned as float32 either way."""
+    if precision not in CLIP_PRECISIONS:
+        raise ValueError(f"clip_precision={precision!r} is not one of {CLIP_PRECISIONS}")
+    if precision == "fp16":
+        import open_clip  # heavy: imported where a CLIP is built, as in load_clip
+
+        if not isinstance(encoder, OpenClipEncoder):
+            raise ValueError(f"clip_precision=fp16 needs an open_clip CLIP, got {type(encoder).__name__}")
+        open_clip.model.convert_weights_to_lp(encoder.model, torch.float16)
+    return encoder
 
 
 def _is_torchscript(path: Path) -> bool:

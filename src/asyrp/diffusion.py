@@ -196,3 +196,24 @@ def select_t_boost(dataset: str = "celeba", lpips_addnoise_th: float = 1.2, from
     """
     return _first_t_reaching(lpips_table(dataset, "x" if from_xt else "x0_t"), lpips_addnoise_th,
                              f"t_boost on {dataset}")
+
+
+# Where an automatic t_boost comes from: the first t with LPIPS(x_t, x0) ≥ 1.2 (167 on CelebA-HQ). The original's
+# reproduction scripts pass --add_noise_from_xt --lpips_addnoise_th 1.2; its flag defaults (LPIPS(P_t, x0) ≥ 0.1) give 193.
+BOOST_LPIPS_TABLE = "x"
+BOOST_LPIPS_TH = 1.2
+
+
+def t_edit_from_table(text_cosine: float, dataset: str, lpips_edit_th: float = 0.33) -> tuple[int, str]:
+    """:func:`select_t_edit` and the sentence that records where the value came from (config.json, edit.json)."""
+    return (select_t_edit(text_cosine, dataset, lpips_edit_th),
+            f"LPIPS table ({dataset}, x0_t, threshold {lpips_edit_th:g} × cos {text_cosine:.4f})")
+
+
+def t_boost_from_table(dataset: str, lpips_boost_th: float = BOOST_LPIPS_TH,
+                       table: str = BOOST_LPIPS_TABLE) -> tuple[int, str]:
+    """:func:`select_t_boost` on the ``table`` ("x" or "x0_t") and the sentence that records the source."""
+    if table not in ("x", "x0_t"):
+        raise ValueError(f"the t_boost LPIPS table must be 'x' or 'x0_t', got {table!r}")
+    return (select_t_boost(dataset, lpips_boost_th, from_xt=table == "x"),
+            f"LPIPS table ({dataset}, {table}, threshold {lpips_boost_th:g})")

@@ -3,8 +3,8 @@
 For each image: x_T from the inversion cache (DDIM inversion, done once), then the reverse process over n_test_step
 steps with h̃ = c0·h + Σ_i w_i·f_i(h, t) for t ≥ t_edit and quality boosting (η = 1) below t_boost. The weight of a
 direction is  strength × coefficient × n_train_step / n_test_step  (the reference's "non-accelerated" scaling: more
-steps, smaller pushes). Several directions are summed (coefficients 1/√k by default, as the reference), or two are
-interpolated (coefficients 1 − α and α).
+steps, smaller pushes). k directions are summed with coefficients c_i/√k (c_i = 1 unless given), as the reference's
+--multiple_hs_coeff, or two are interpolated (coefficients 1 − α and α).
 
 Outputs (stable names, one PNG per image): ``original/``, ``reconstructed/`` (the same sampler without Δh, with the
 same boost noise unless --no-boost-reconstruction), ``edited/`` — or ``edited_<label>/`` per setting of a strength
@@ -27,18 +27,20 @@ from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp import fast
 from asyrp import sampling
-from asyrp.attributes import attribute_table
+from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit
 from asyrp.cli import UserError
+from asyrp.clip_loss import CLIPDirection
 from asyrp.io import atomic_json, default_device
 from asyrp.models.delta import CheckpointError, DeltaBlockConfig, load_delta_block
 from asyrp.plots import folder_label, save_png, save_rows
+from asyrp.weights import MissingWeightsError, resolve_direction
 
 
 @dataclass
 class EditConfig:
     NUMERIC_LISTS: ClassVar[tuple[str, ...]] = ("coefficients", "strengths", "interpolate")  # checked by asyrp.config
     directions: list = field(default_factory=list)   # delta checkpoints (ours, official *_LC_*.pth, asyrp-<attr>)
-    coefficients: list | None = None                 # per direction; default 1/√k for k > 1 directions
+    coefficients: list | None = None                 # c_i per direction, applied as c_i/√k (default c_i = 1)
     strengths: list = field(default_factory=lambda: [1.0])  # a sweep (e.g. -1,-0.5,0,0.5,1) writes one folder each
     interpolate: list | None = None                  # α values between exactly two directions
     backbone: str = "celeba-hq"
@@ -52,8 +54,11 @@ class EditConfig:
     n_inv_step: int = 40
     n_test_step: int = 40
     n_train_step: int | None = None                  # None: from each direction's checkpoint (or file name)
-    t_edit: int | None = None                        # None: from the checkpoints / attribute table
-    t_boost: int | None = None                       # None: from the checkpoints / attribute table
+    t_edit: int | None = None                        # None: checkpoint, attribute table, else LPIPS table × CLIP cos
+    t_boost: int | None = None                       # None: checkpoint, attribute table, else the LPIPS table
+    lpips_edit_th: float = 0.33                      # automatic t_edit: LPIPS(P_t, x0) ≥ this × text cosine
+    lpips_boost_th: float = D.BOOST_LPIPS_TH         # automatic t_boost: first t whose LPIPS reaches this
+    lpips_boost_table: str = D.BOOST_LPIPS_TABLE     # "x" = LPIPS(x_t, x0) (167 on CelebA) or "x0_t"
     boost: bool = True                               # quality boosting below t_boost
     boost_reconstruction: bool = True                # same boost (and noise) for the reconstruction
     c0: float = 1.0                                  # multiplier of h (reference: hs_coeff_origin_h)
@@ -73,6 +78,10 @@ class Direction:
     n_train_step: int
     t_edit: int | None
     t_boost: int | None
+    t_edit_source: str = ""   # "checkpoint (…)", "attribute table", "LPIPS table (…)"
+    t_boost_source: str = ""
+    src: str | None = None    # the texts of the direction (checkpoint or attribute table): an automatic t_edit
+    trg: str | None = None    # needs their CLIP cosine
 
 
 def parse_delta_config(text: str | None) -> DeltaBlockConfig | None:
@@ -92,10 +101,7 @@ def _official_name(path: Path) -> tuple[str | None, int | None]:
 
 
 def load_direction(spec: str, backbone, cfg: EditConfig, weights_dir: str | None = None) -> Direction:
-    path = Path(spec)
-    if not path.exists() and spec.startswith("asyrp-"):
-        from asyrp import weights as registry
-        path = registry.resolve(spec, weights_dir=weights_dir)
+    path = resolve_direction(spec, weights_dir)
     block, meta = load_delta_block(path, config=parse_delta_config(cfg.delta_config), return_meta=True)
     unet = backbone.unet
     if (block.config.channels, block.config.spatial_size, block.config.temb_channels) != \
@@ -109,21 +115,83 @@ def load_direction(spec: str, backbone, cfg: EditConfig, weights_dir: str | None
     attr, n_train = meta.get("attribute"), meta.get("n_train_step")
     if meta.get("source_format") == "legacy":
         attr, n_train = _official_name(path)
-    table = attribute_table()
-    t_edit = meta.get("t_edit") or (table[attr].t_edit if attr in table else None)
-    t_boost = meta.get("t_boost") or (table[attr].t_boost if attr in table else None)
+    entry = attribute_table().get(attr)
     n_train = cfg.n_train_step or n_train
     if n_train is None:
         raise UserError(f"{path}: the checkpoint does not say how many training steps it used; give --n-train-step")
-    return Direction(block.to(default_device(cfg.device)).eval(), str(path), attr, int(n_train), t_edit, t_boost)
+    t_edit, t_edit_source = _stored_timestep(meta, entry, "t_edit")
+    t_boost, t_boost_source = _stored_timestep(meta, entry, "t_boost")
+    return Direction(block.to(default_device(cfg.device)).eval(), str(path), attr, int(n_train), t_edit, t_boost,
+                     t_edit_source, t_boost_source, meta.get("src") or (entry.src if entry else None),
+                     meta.get("trg") or (entry.trg if entry else None))
+
+
+def _stored_timestep(meta: dict, entry, key: str) -> tuple[int | None, str]:
+    """(value, source) of t_edit / t_boost from a checkpoint's meta, else the attribute table, else (None, "")."""
+    if meta.get(key) is not None:
+        return int(meta[key]), f"checkpoint ({meta.get(key + '_source') or 'as trained'})"
+    if entry is not None and getattr(entry, key) is not None:
+        return int(getattr(entry, key)), "attribute table"
+    return None, ""
+
+
+def choose_timesteps(cfg: EditConfig, directions: list[Direction], backbone, weights_dir: str | None = None,
+                     device=None) -> dict:
+    """t_edit, t_boost and where each came from, as the original chooses them.
+
+    t_edit: --t-edit, else the largest of the directions' (checkpoint or attribute table; a direction with neither —
+    the released makeup and zombie — gets the LPIPS(P_t, x0) table of the backbone's domain at lpips_edit_th × the CLIP
+    cosine of its texts). Several directions: the largest t_edit, as the original takes the attribute with the largest
+    text cosine. t_boost: --t-boost, else the first direction's, else the backbone's LPIPS table (off, with the reason,
+    for a backbone without one, and with --no-boost).
+    """
+    if cfg.t_edit is not None:
+        t_edit, t_edit_source = int(cfg.t_edit), "flag/config"
+    else:
+        chosen = []
+        for d in directions:
+            if d.t_edit is None:
+                if not (d.src and d.trg):
+                    raise UserError(f"{d.path}: no t_edit in the checkpoint or the attribute table and no texts to "
+                                    "derive it from; give --t-edit")
+                if backbone.lpips_domain is None:
+                    raise UserError(f"{d.path}: no t_edit in the checkpoint or the attribute table, and backbone "
+                                    f"{backbone.name!r} has no LPIPS table to derive it from; give --t-edit")
+                d.t_edit, d.t_edit_source = choose_t_edit(
+                    None, None, lambda d=d: _text_cosine(d, backbone, weights_dir, device), backbone.lpips_domain,
+                    cfg.lpips_edit_th)
+            chosen.append((d.t_edit, d.t_edit_source))
+        t_edit, t_edit_source = max(chosen, key=lambda c: c[0])
+    stored = next((d for d in directions if d.t_boost is not None), None)
+    if cfg.t_boost is None and stored is not None:
+        t_boost, t_boost_source = stored.t_boost, stored.t_boost_source
+    else:
+        t_boost, t_boost_source = choose_t_boost(cfg.t_boost, None, backbone, cfg.lpips_boost_th,
+                                                 cfg.lpips_boost_table)
+    if not cfg.boost:
+        t_boost, t_boost_source = None, "off: --no-boost"
+    return {"t_edit": t_edit, "t_edit_source": t_edit_source, "t_boost": t_boost, "t_boost_source": t_boost_source}
+
+
+def _text_cosine(direction: Direction, backbone, weights_dir: str | None, device) -> float:
+    """cos(E_T(src), E_T(trg)) of a direction's raw texts with the backbone's CLIP (the original's t_edit input)."""
+    from asyrp.backbones import load_clip_model  # as load_backbone in edit(): the models are imported when used
+    try:
+        encoder, _ = load_clip_model(backbone.default_clip, weights_dir=weights_dir, device=device or "cpu")
+    except MissingWeightsError:
+        raise UserError(f"{Path(direction.path).name}: t_edit comes from the CLIP {backbone.default_clip} cosine of "
+                        f"{direction.src!r} → {direction.trg!r}, and that CLIP is not available offline; give --t-edit "
+                        f"(or `asyrp download clip-{backbone.default_clip}`)") from None
+    return CLIPDirection(encoder, direction.src, direction.trg, templates=None).text_cosine()
 
 
 def settings_for(cfg: EditConfig, directions: list[Direction]) -> list[dict]:
     """One dict per edited folder: label, the weight of each direction, and what produced it."""
     k = len(directions)
-    coeffs = cfg.coefficients or ([1 / math.sqrt(k)] * k if k > 1 else [1.0])
-    if len(coeffs) != k:
-        raise UserError(f"{k} directions need {k} coefficients, got {len(coeffs)}")
+    given = cfg.coefficients or [1.0] * k
+    if len(given) != k:
+        raise UserError(f"{k} directions need {k} coefficients, got {len(given)}")
+    coeffs = [c / math.sqrt(k) for c in given]  # the reference divides given coefficients by √k too
     scale = [d.n_train_step / cfg.n_test_step for d in directions]
     out = []
     if cfg.interpolate:
@@ -142,15 +210,12 @@ def settings_for(cfg: EditConfig, directions: list[Direction]) -> list[dict]:
     return out
 
 
-def edit_times(cfg: EditConfig, directions: list[Direction]) -> tuple[int, int | None]:
-    """(t_edit, t_boost) of an edit: the config's, else the latest t_edit and the first t_boost of the directions
-    (t_boost None when boosting is off)."""
-    t_edit = cfg.t_edit if cfg.t_edit is not None else max((d.t_edit for d in directions if d.t_edit is not None),
-                                                           default=None)
-    if t_edit is None:
-        raise UserError("t_edit is unknown for these directions; give --t-edit")
-    t_boost = cfg.t_boost if cfg.t_boost is not None else next((d.t_boost for d in directions if d.t_boost), None)
-    return t_edit, (t_boost if cfg.boost else None)
+def edit_times(cfg: EditConfig, directions: list[Direction], backbone, weights_dir: str | None = None,
+               device=None) -> tuple[int, int | None]:
+    """(t_edit, t_boost) of an edit: :func:`choose_timesteps` without the sources (t_boost None when boosting is
+    off)."""
+    times = choose_timesteps(cfg, directions, backbone, weights_dir, device)
+    return times["t_edit"], times["t_boost"]
 
 
 def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict] | None = None,
@@ -168,11 +233,13 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         if not cfg.directions:
             raise UserError("give at least one direction (--direction runs/smiling/delta.pt)")
         directions = [load_direction(d, backbone, cfg, weights_dir) for d in cfg.directions]
-    t_edit, t_boost = edit_times(cfg, directions)
+    timesteps = choose_timesteps(cfg, directions, backbone, weights_dir, device)
+    t_edit, t_boost = timesteps["t_edit"], timesteps["t_boost"]
     settings = settings_for(cfg, directions)
-    record = {"config": C.to_dict(cfg), "t_edit": t_edit, "t_boost": t_boost,
+    record = {"config": C.to_dict(cfg), **timesteps,
               "backbone_sha256": backbone.fingerprint,
               "directions": [{"path": d.path, "attribute": d.attribute, "n_train_step": d.n_train_step,
+                              "t_edit": d.t_edit, "t_edit_source": d.t_edit_source,
                               "config": d.block.config.to_dict()} for d in directions],
               "settings": settings}
     if is_main:
@@ -238,7 +305,8 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (original/, reconstructed/, edited*/, grid.png)")
     p.add_argument("--direction", action="append", dest="direction_list", metavar="CKPT",
-                   help="a delta checkpoint (repeat for several attributes at once)")
+                   help="a delta checkpoint: a path, a weights name (asyrp-smiling) or a file name in the weights "
+                        "folders (repeat for several attributes at once)")
     p.add_argument("--strength", type=float, help="one edit strength (default 1)")
     p.add_argument("--config", help="YAML of EditConfig fields")
     p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")

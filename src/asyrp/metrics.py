@@ -164,6 +164,8 @@ def kid_from_features(feats_a, feats_b, num_subsets: int = 100, subset_size: int
 
     ``subset_size`` is capped at min(Na, Nb); the subsets are drawn from ``np.random.default_rng(seed)``, so the
     result is deterministic. Returns ``{"mean", "std" (ddof=0 over subsets), "num_subsets", "subset_size"}``.
+    When both sets are smaller than ``subset_size`` every subset is the whole of both sets: the spread over subsets is
+    not defined, so ``std`` is None (not 0), ``num_subsets`` is 1 and ``note`` says why.
     """
     a, b = _as_float64_2d(feats_a, "feats_a"), _as_float64_2d(feats_b, "feats_b")
     if a.shape[1] != b.shape[1]:
@@ -173,6 +175,10 @@ def kid_from_features(feats_a, feats_b, num_subsets: int = 100, subset_size: int
     m = min(int(subset_size), len(a), len(b))
     if m < 2:
         raise ValueError("KID needs subsets of at least 2 samples")
+    if m == len(a) == len(b):
+        return {"mean": _mmd2_unbiased_cubic(a, b), "std": None, "num_subsets": 1, "subset_size": m,
+                "note": f"std not defined: N = {m} ≤ subset size {int(subset_size)}, so every subset is the whole set; "
+                        "give a smaller --kid-subset-size for a spread"}
     rng = np.random.default_rng(seed)
     values = np.array([_mmd2_unbiased_cubic(a[rng.choice(len(a), m, replace=False)],
                                             b[rng.choice(len(b), m, replace=False)]) for _ in range(num_subsets)])
@@ -590,7 +596,8 @@ def evaluate_folders(original_dir, edited_dir, reconstructed_dir=None, *, src_te
                 kid = kid_from_features(fa, fb, kid_subsets, kid_subset_size, seed) if n >= 2 else {}
                 metrics.append({"metric": "kid", "definition": DEFINITIONS["kid"], **common,
                                 "mean": kid.get("mean"), "std": kid.get("std"), "num_subsets": kid.get("num_subsets"),
-                                "subset_size": kid.get("subset_size"), "seed": seed})
+                                "subset_size": kid.get("subset_size"), "seed": seed,
+                                **({"note": kid["note"]} if "note" in kid else {})})
         if small:
             warnings.warn(f"FID on n={len(names)} images (groups down to {min(len(r) for _, r in subsets)}) is biased "
                           f"upward (n < {FID_SMALL_N}); compare FIDs only at equal n, or use KID",

@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp import fast
-from asyrp.attributes import attribute_table, resolve_texts
+from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit, resolve_texts
 from asyrp.cli import UserError
+from asyrp.clip_loss import set_clip_precision
 from asyrp.io import append_jsonl, atomic_json, atomic_torch_save, default_device
 from asyrp.models.delta import DeltaBlockConfig, build_delta_block, load_delta_block, save_delta_block
 
@@ -52,6 +53,7 @@ class TrainConfig:
     clip_model: str | None = None         # None: the backbone's default (ViT-B/16 for CelebA-HQ, as the reference)
     clip_templates: bool = True           # 79 ImageNet templates for the text direction
     clip_antialias: bool = False          # the reference resized without antialiasing
+    clip_precision: str = "fp32"          # fp32 | fp16 (the original's clip.load on a GPU); the reference preset: fp32
     # data: cached inversions of a folder / LMDB, or images sampled from the backbone
     data: str = "sampled"
     split: str | None = None
@@ -64,8 +66,10 @@ class TrainConfig:
     n_inv_step: int = 40
     n_train_step: int = 40
     t_edit: int | None = None             # None: attribute table, else LPIPS table × text cosine
-    t_boost: int | None = None            # previews and later edits only (training is η = 0)
+    t_boost: int | None = None            # None: attribute table, else the backbone's LPIPS table (previews, edits)
     lpips_edit_th: float = 0.33
+    lpips_boost_th: float = D.BOOST_LPIPS_TH     # automatic t_boost: first t whose LPIPS reaches this
+    lpips_boost_table: str = D.BOOST_LPIPS_TABLE  # "x" = LPIPS(x_t, x0) (167 on CelebA), "x0_t" (original default 0.1)
     # the block
     delta: DeltaBlockConfig | None = None  # channels / spatial size / temb width come from the backbone
     init_from: str | None = None           # transfer learning: start from another direction's weights
@@ -108,7 +112,9 @@ class TrainConfig:
         for name, value, allowed in (("optimizer", self.optimizer, ("sgd", "adamw")),
                                      ("l1_reference", self.l1_reference, ("chain", "same_xt")),
                                      ("precision", self.precision, fast.PRECISIONS),
-                                     ("compile_mode", self.compile_mode, fast.COMPILE_MODES)):
+                                     ("compile_mode", self.compile_mode, fast.COMPILE_MODES),
+                                     ("lpips_boost_table", self.lpips_boost_table, ("x", "x0_t")),
+                                     ("clip_precision", self.clip_precision, ("fp32", "fp16"))):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {allowed}")
         for name in ("n_images", "epochs", "batch_size", "accumulation_steps", "n_train_step", "n_inv_step"):
@@ -118,8 +124,9 @@ class TrainConfig:
 
 PRESETS = {
     # the original's work: fp32, batch 1, a separate unedited chain, nothing cached
+    # (CLIP in fp32: the original's clip.load on a CPU; on a GPU it ran fp16, which --clip-precision fp16 gives)
     "reference": dict(precision="fp32", batch_size=1, l1_reference="chain", cache_source_embeddings=False,
-                      channels_last=False, compile=False, tf32=False, fused_step=False),
+                      channels_last=False, compile=False, tf32=False, fused_step=False, clip_precision="fp32"),
     # the same objective (the unedited chain as L1 target) and, unless --batch-size is given, the same batch-1 SGD:
     # fp16 autocast with loss scaling, the chain fused into the plain pass, cached source embeddings, contiguous
     # tensors (channels_last was 25 % slower on an H200), the U-Net compiled on CUDA
@@ -167,19 +174,24 @@ class Resolved:
     backbone_sha256: str
     delta: dict
     training_steps: list = field(default_factory=list)
+    t_edit_source: str = ""       # "flag/config", "attribute table" or "LPIPS table (celeba, x0_t, threshold … × cos …)"
+    t_boost_source: str = ""      # the same, or "off: …" where the backbone has no LPIPS table
 
 
 def resolve_run(cfg: TrainConfig, backbone, clip) -> Resolved:
+    """Texts, t_edit, t_boost (with where each came from), λ_CLIP and the block's shape for a run.
+
+    t_edit: the config, else the attribute table, else the LPIPS(P_t, x0) table of the backbone's domain (the
+    attribute's for a backbone without one) at lpips_edit_th × text cosine, as the original. t_boost: the config, else
+    the attribute table, else the backbone's LPIPS table at lpips_boost_th; a backbone without a table (the shapes world,
+    a U-Net file) has no automatic t_boost, and the run records why quality boosting is off.
+    """
     attr = resolve_texts(cfg.attribute, cfg.src, cfg.trg)
     text_cosine = clip.text_cosine()
-    t_edit = cfg.t_edit if cfg.t_edit is not None else attr.t_edit
-    if t_edit is None:
-        domain = backbone.lpips_domain or attr.domain
-        try:
-            t_edit = D.select_t_edit(text_cosine, domain, cfg.lpips_edit_th)
-        except ValueError as e:
-            raise UserError(f"cannot choose t_edit automatically ({e}); give --t-edit") from None
-    t_boost = cfg.t_boost if cfg.t_boost is not None else attr.t_boost
+    t_edit, t_edit_source = choose_t_edit(cfg.t_edit, attr.t_edit, lambda: text_cosine,
+                                          backbone.lpips_domain or attr.domain, cfg.lpips_edit_th)
+    t_boost, t_boost_source = choose_t_boost(cfg.t_boost, attr.t_boost, backbone, cfg.lpips_boost_th,
+                                             cfg.lpips_boost_table)
     clip_weight = cfg.clip_weight if cfg.clip_weight is not None else (attr.clip_weight or 1.0)
     kind = getattr(backbone.unet, "default_delta_kind", "conv")  # adm on iDDPM / ADM backbones
     delta = dataclasses.replace(cfg.delta or DeltaBlockConfig(kind=kind), channels=backbone.unet.h_channels,
@@ -187,7 +199,7 @@ def resolve_run(cfg: TrainConfig, backbone, clip) -> Resolved:
     steps = D.training_pairs(cfg.n_train_step, t_edit, cfg.t_0)
     return Resolved(attr.name, attr.src, attr.trg, int(t_edit), t_boost, text_cosine, clip_weight,
                     cfg.clip_model or backbone.default_clip, backbone.fingerprint, delta.to_dict(),
-                    [list(p) for p in steps])
+                    [list(p) for p in steps], t_edit_source, t_boost_source)
 
 
 def init_block(cfg: TrainConfig, delta: DeltaBlockConfig, device):
@@ -303,6 +315,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
         backbone = load_backbone(cfg.backbone, device=device)
     if clip is None:
         clip = load_clip_model(cfg.clip_model or backbone.default_clip, device=device)
+    set_clip_precision(clip[0], cfg.clip_precision)
     direction = make_direction(*clip, cfg, device)
     res = resolve_run(cfg, backbone, direction)
     record = {"config": C.to_dict(cfg), "resolved": dataclasses.asdict(res)}
@@ -421,6 +434,7 @@ def _run(session: Session, run_dir: Path, entries: list[dict], is_main: bool, di
 
 def _meta(cfg: TrainConfig, res: Resolved, state: dict) -> dict:
     return {"attribute": res.attribute, "src": res.src, "trg": res.trg, "t_edit": res.t_edit, "t_boost": res.t_boost,
+            "t_edit_source": res.t_edit_source, "t_boost_source": res.t_boost_source,
             "n_train_step": cfg.n_train_step, "t_0": cfg.t_0, "backbone": cfg.backbone,
             "backbone_sha256": res.backbone_sha256, "clip_model": res.clip_model, "epochs": state["epoch"],
             "steps": state["step"], "images": state["images"]}
@@ -567,9 +581,11 @@ DELTA_FLAGS = ("kind", "heads", "layers", "ff_dim", "time_embedding", "norm", "a
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (config, log, previews, checkpoints, delta.pt)")
     p.add_argument("--config", help="YAML of TrainConfig fields (the command line overrides it)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="reference: the original's fp32 batch-1 work; "
-                                                              "fast: the same objective in fp16, the unedited chain "
-                                                              "fused into the plain pass, compiled on CUDA")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="reference: the original's fp32 batch-1 work (CLIP in "
+                                                              "fp32 as the original on a CPU; its GPU runs used fp16: "
+                                                              "add --clip-precision fp16); fast: the same objective in "
+                                                              "fp16, the unedited chain fused into the plain pass, "
+                                                              "compiled on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.add_argument("--attr", dest="attribute", help="attribute name from the table (e.g. smiling)")
     p.add_argument("--list-attributes", action="store_true", help="print the attribute table and exit")

@@ -367,6 +367,32 @@ def resolve(name_or_path: str | os.PathLike, weights_dir: str | os.PathLike | No
     return fetch(name, progress=progress, weights_dir=weights_dir)
 
 
+def resolve_direction(spec: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> Path:
+    """The file of a direction argument: a path, a registry name (``asyrp-smiling``), or a bare file name.
+
+    A bare file name (no folder part) that is a registry entry's file (``smiling_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth``)
+    resolves as that entry (found in the weights folders and verified, or downloaded); any other bare name is looked
+    up in the weights folders in their order (``--weights-dir``, ``$ASYRP_WEIGHTS_DIR``, the cache). A path with a
+    folder part is returned as given (its loader says if it is missing).
+    """
+    path = Path(spec).expanduser()
+    name = str(spec)
+    if path.is_file() or path.name != name:
+        return path
+    if name in REGISTRY:
+        return resolve(name, weights_dir)
+    entry = next((s for s in REGISTRY.values() if s.filename == name), None)
+    if entry is not None:
+        return resolve(entry.name, weights_dir)
+    folders = _search_folders(weights_dir)
+    for folder, _ in folders:
+        if (folder / name).is_file():
+            return folder / name
+    looked = ", ".join(f"{origin} {folder}" for folder, origin in folders)
+    raise UnknownWeightsError(f"{name}: not a file here, not a weights name (asyrp-<attribute>, see `asyrp download "
+                              f"--list`), and not in the weights folders ({looked})")
+
+
 def fetch(name: str, progress: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
           weights_dir: str | os.PathLike | None = None) -> Path:
     """Download registry entry ``name`` into the cache (each URL in order), verify it, and return its path.

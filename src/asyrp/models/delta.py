@@ -38,6 +38,7 @@ from torch import nn
 
 from asyrp.io import atomic_torch_save, atomic_write_bytes
 from asyrp.models.adm import normalization
+from asyrp.weights import resolve_direction
 
 KINDS = ("conv", "pixel", "channel", "pixel_channel", "channel_pixel", "adm")
 TIME_EMBEDDINGS = ("add", "mult", "adagn", "none")
@@ -404,8 +405,9 @@ def _infer_legacy_config(state: Mapping[str, torch.Tensor], path: Path) -> Delta
 
 
 def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping[str, Any] | None = None,
-                     return_meta: bool = False):
-    """Load a delta block from
+                     return_meta: bool = False, weights_dir: str | os.PathLike | None = None):
+    """Load a delta block from a path, a registry name (``asyrp-smiling``) or a bare file name in the weights folders
+    (``weights_dir``, ``$ASYRP_WEIGHTS_DIR``, the cache; see :func:`asyrp.weights.resolve_direction`):
 
     * a checkpoint of this project (config inside; ``config``, if given, must equal it);
     * the same exported to ``.safetensors`` (config in the metadata);
@@ -416,7 +418,7 @@ def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping
 
     Always strict. Returns the block in eval mode (and the stored meta if ``return_meta``).
     """
-    path = Path(path)
+    path = resolve_direction(path, weights_dir)
     if config is not None and not isinstance(config, DeltaBlockConfig):
         config = DeltaBlockConfig.from_dict(config)
     obj = _read_safetensors(path) if path.suffix == ".safetensors" and path.is_file() else read_checkpoint(path)

@@ -1,0 +1,150 @@
+"""t_edit and t_boost as the original chooses them, with where each value came from (config.json, edit.json):
+flag/config, else the attribute table (or the checkpoint), else the domain's LPIPS tables (t_edit × the CLIP text
+cosine; t_boost from LPIPS(x_t, x0) ≥ 1.2)."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from asyrp import backbones
+from asyrp import diffusion as D
+from asyrp.backbones import Backbone, fingerprint
+from asyrp.cli import UserError
+from asyrp.clip_loss import CLIPDirection
+from asyrp.edit import EditConfig, edit
+from asyrp.models.delta import build_delta_block
+from asyrp.models.unet import DDPMUNet
+from asyrp.train import TrainConfig, resolve_run, train
+from conftest import FIXTURES, tiny_backbone, tiny_clip
+
+# h = 512 × 8 × 8 and temb 512 like CelebA-HQ, at 16 px: the released directions fit it
+UNET_512 = dict(ch=128, out_ch=3, ch_mult=[1, 4], num_res_blocks=1, attn_resolutions=[], dropout=0.0,
+                resamp_with_conv=True, in_channels=3, image_size=16)
+RELEASED = "smiling_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth"
+
+
+def _celeba_like(backbone: Backbone) -> Backbone:
+    """A test backbone that uses CelebA's LPIPS tables (as celeba-hq does)."""
+    return dataclasses.replace(backbone, lpips_domain="celeba")
+
+
+class _Cosine:
+    def __init__(self, value):
+        self.value = value
+
+    def text_cosine(self):
+        return self.value
+
+
+def test_free_text_run_gets_t_edit_and_t_boost_from_the_lpips_tables(tmp_path):
+    bb = _celeba_like(tiny_backbone())
+    encoder, size = tiny_clip()
+    cfg = TrainConfig(src="face", trg="goblin face", backbone="tiny", n_train_step=3, n_images=1, n_inv_step=3,
+                      batch_size=1, device="cpu", lr=0.01)
+    path = train(cfg, tmp_path / "run", backbone=bb, clip=(encoder, size), progress=False)
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    cos = CLIPDirection(encoder, "face", "goblin face", templates=None).text_cosine()
+    assert resolved["text_cosine"] == pytest.approx(cos, abs=1e-6)
+    assert resolved["t_edit"] == D.select_t_edit(cos, "celeba", 0.33)
+    assert resolved["t_edit_source"] == f"LPIPS table (celeba, x0_t, threshold 0.33 × cos {cos:.4f})"
+    assert (resolved["t_boost"], resolved["t_boost_source"]) == (167, "LPIPS table (celeba, x, threshold 1.2)")
+    meta = torch.load(path, weights_only=True)["meta"]
+    assert (meta["t_boost"], meta["t_boost_source"]) == (167, "LPIPS table (celeba, x, threshold 1.2)")
+
+
+def test_the_original_defaults_and_other_thresholds():
+    bb = _celeba_like(tiny_backbone())
+    res = resolve_run(TrainConfig(src="face", trg="smiling face", lpips_boost_table="x0_t", lpips_boost_th=0.1),
+                      bb, _Cosine(0.9))
+    assert (res.t_edit, res.t_edit_source) == (514, "LPIPS table (celeba, x0_t, threshold 0.33 × cos 0.9000)")
+    assert (res.t_boost, res.t_boost_source) == (193, "LPIPS table (celeba, x0_t, threshold 0.1)")
+
+
+def test_the_attribute_table_wins_and_the_flag_wins_over_it():
+    bb = _celeba_like(tiny_backbone())
+    res = resolve_run(TrainConfig(attribute="smiling"), bb, _Cosine(0.5))
+    assert (res.t_edit, res.t_edit_source, res.t_boost, res.t_boost_source) == \
+        (513, "attribute table", 167, "attribute table")
+    res = resolve_run(TrainConfig(attribute="smiling", t_edit=600, t_boost=200), bb, _Cosine(0.5))
+    assert (res.t_edit, res.t_edit_source, res.t_boost, res.t_boost_source) == (600, "flag/config", 200, "flag/config")
+    res = resolve_run(TrainConfig(attribute="makeup"), bb, _Cosine(0.8))  # no table values: both from LPIPS
+    assert (res.t_edit, res.t_boost) == (489, 167)
+
+
+def test_a_backbone_without_lpips_table_records_why_boosting_is_off():
+    res = resolve_run(TrainConfig(src="a", trg="b", t_edit=400), tiny_backbone(), _Cosine(0.9))
+    assert res.t_boost is None
+    assert res.t_boost_source == "off: backbone 'tiny' has no LPIPS table (give --t-boost to boost)"
+
+
+@pytest.fixture(scope="module")
+def backbone_512():
+    torch.manual_seed(0)
+    unet = DDPMUNet(UNET_512).eval().requires_grad_(False)
+    return Backbone(unet, "unet512", fingerprint(unet), "celeba", "ViT-B/16")
+
+
+def _entries():
+    g = torch.Generator().manual_seed(0)
+    return [{"name": "img0", "x_T": torch.randn(3, 16, 16, generator=g), "x0": torch.rand(3, 16, 16, generator=g) * 2 - 1}]
+
+
+def _released_as(tmp_path, attribute: str):
+    path = tmp_path / RELEASED.replace("smiling", attribute)
+    shutil.copy(FIXTURES / "official_delta_blocks" / RELEASED, path)
+    return path
+
+
+def test_released_direction_without_table_t_edit_gets_it_from_lpips_and_clip(tmp_path, backbone_512, monkeypatch):
+    """The released makeup direction: no table t_edit; the original derives it from the CLIP cosine of its texts."""
+    encoder, size = tiny_clip()
+    monkeypatch.setattr(backbones, "load_clip_model", lambda name, weights_dir=None, device="cpu": (encoder, size))
+    cfg = EditConfig(directions=[str(_released_as(tmp_path, "makeup"))], n_test_step=4, n_images=1, device="cpu")
+    record = edit(cfg, tmp_path / "out", backbone=backbone_512, entries=_entries(), progress=False)
+    cos = CLIPDirection(encoder, "person", "person with makeup", templates=None).text_cosine()
+    assert record["t_edit"] == D.select_t_edit(cos, "celeba", 0.33)
+    assert record["t_edit_source"] == f"LPIPS table (celeba, x0_t, threshold 0.33 × cos {cos:.4f})"
+    assert (record["t_boost"], record["t_boost_source"]) == (167, "LPIPS table (celeba, x, threshold 1.2)")
+    saved = json.loads((tmp_path / "out" / "edit.json").read_text())
+    assert saved["t_edit_source"] == record["t_edit_source"] and saved["directions"][0]["attribute"] == "makeup"
+
+
+def test_released_direction_without_clip_offline_names_the_flag(tmp_path, backbone_512, monkeypatch):
+    monkeypatch.setenv("ASYRP_OFFLINE", "1")
+    monkeypatch.setenv("ASYRP_HOME", str(tmp_path / "home"))
+    cfg = EditConfig(directions=[str(_released_as(tmp_path, "zombie"))], n_test_step=4, n_images=1, device="cpu")
+    with pytest.raises(UserError) as e:
+        edit(cfg, tmp_path / "out", backbone=backbone_512, entries=_entries(), progress=False)
+    assert str(e.value) == ("zombie_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth: t_edit comes from the CLIP ViT-B/16 cosine "
+                            "of 'Human' → 'Zombie', and that CLIP is not available offline; give --t-edit "
+                            "(or `asyrp download clip-ViT-B/16`)")
+    cfg.t_edit = 500  # the flag needs no CLIP
+    record = edit(cfg, tmp_path / "out", backbone=backbone_512, entries=_entries(), progress=False)
+    assert (record["t_edit"], record["t_edit_source"]) == (500, "flag/config")
+
+
+def test_released_direction_with_a_table_entry(tmp_path, backbone_512):
+    cfg = EditConfig(directions=[str(FIXTURES / "official_delta_blocks" / RELEASED)], n_test_step=4, n_images=1,
+                     device="cpu")
+    record = edit(cfg, tmp_path / "out", backbone=backbone_512, entries=_entries(), progress=False)
+    assert {k: record[k] for k in ("t_edit", "t_edit_source", "t_boost", "t_boost_source")} == \
+        {"t_edit": 513, "t_edit_source": "attribute table", "t_boost": 167, "t_boost_source": "attribute table"}
+    cfg.boost = False
+    record = edit(cfg, tmp_path / "out2", backbone=backbone_512, entries=_entries(), progress=False)
+    assert (record["t_boost"], record["t_boost_source"]) == (None, "off: --no-boost")
+
+
+def test_no_lpips_table_to_derive_t_edit_from_is_a_one_line_error(tmp_path):
+    bb = tiny_backbone()  # h = 64 × 4 × 4, no LPIPS table
+    block = build_delta_block(channels=64, temb_channels=bb.unet.temb_ch, spatial_size=4)
+    path = tmp_path / RELEASED.replace("smiling", "makeup")
+    torch.save({"0": block.state_dict()}, path)  # the released layout: no config, no t_edit
+    cfg = EditConfig(directions=[str(path)], n_test_step=4, n_images=1, device="cpu",
+                     delta_config=f"channels=64,temb_channels={bb.unet.temb_ch},spatial_size=4")
+    with pytest.raises(UserError) as e:
+        edit(cfg, tmp_path / "out", backbone=bb, entries=_entries(), progress=False)
+    assert str(e.value) == (f"{path}: no t_edit in the checkpoint or the attribute table, and backbone 'tiny' has no "
+                            "LPIPS table to derive it from; give --t-edit")
