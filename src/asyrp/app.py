@@ -40,7 +40,7 @@ from asyrp import sampling
 from asyrp import weights as registry
 from asyrp.attributes import attribute_table
 from asyrp.backbones import BACKBONES, TINY_WORLDS, load_backbone, load_clip_model
-from asyrp.cli import UserError
+from asyrp.errors import UserError
 from asyrp.data import open_images
 from asyrp.edit import EditConfig, edit_times, load_direction, settings_for
 from asyrp.inversion import sampled_noise

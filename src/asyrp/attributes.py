@@ -11,7 +11,7 @@ from importlib import resources
 import yaml
 
 from asyrp import diffusion as D
-from asyrp.cli import UserError
+from asyrp.errors import UserError
 
 
 @dataclass(frozen=True)

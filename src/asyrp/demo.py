@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from asyrp.cli import UserError
+from asyrp.errors import UserError
 from asyrp.config import at_least, parse_numbers
 from asyrp.io import atomic_json, default_device
 from asyrp.models.delta import KINDS

@@ -28,7 +28,7 @@ from asyrp import diffusion as D
 from asyrp import fast
 from asyrp import sampling
 from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit
-from asyrp.cli import UserError
+from asyrp.errors import UserError
 from asyrp.clip_loss import CLIPDirection
 from asyrp.io import atomic_json, default_device
 from asyrp.models.delta import CheckpointError, DeltaBlockConfig, load_delta_block

@@ -36,7 +36,7 @@ from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp import fast
 from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit, resolve_texts
-from asyrp.cli import UserError
+from asyrp.errors import UserError
 from asyrp.clip_loss import set_clip_precision
 from asyrp.io import append_jsonl, atomic_json, atomic_torch_save, default_device
 from asyrp.models.delta import DeltaBlockConfig, build_delta_block, load_delta_block, save_delta_block

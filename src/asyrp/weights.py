@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from asyrp.cli import UserError
+from asyrp.errors import UserError
 from asyrp.io import atomic_json, atomic_path, default_file_mode, sha256_file
 
 DEFAULT_TIMEOUT_S = 60.0  # per socket operation, not for the whole file
