@@ -476,7 +476,7 @@ def load_tiny_ddpm(device: str | torch.device = "cpu", world_dir=None):
 def clip_from_checkpoint(obj: Mapping[str, Any], device: str | torch.device = "cpu"):
     """(OpenClipEncoder, image_size) from a saved shapes-world CLIP dict."""
     from asyrp.clip_loss import OpenClipEncoder
-    from asyrp.worlds.train_clip import build_clip, load_clip_state, make_tokenizer
+    from asyrp.worlds.tiny_clip import build_clip, load_clip_state, make_tokenizer
     cfg = obj["config"]
     model = build_clip(cfg)
     load_clip_state(model, obj)

@@ -302,7 +302,6 @@ def last_logged_loss(log_path: Path) -> float:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from asyrp.worlds.shapes import ddpm_from_checkpoint
 
     device, out, ckpt_path, log_path = open_run(args, "ddpm_train_log.jsonl")
 
@@ -392,7 +391,7 @@ def main(args: argparse.Namespace) -> int:
             "h_only_from_t": args.h_only_from_t, "init_from": init_from, "object_weight": args.object_weight,
             "data": "asyrp.worlds.shapes.random_batch(batch, stream_seed(seed, step)), 32x32"}
     obj = export(ema, config, meta, out / "ddpm.pt", fp16=not args.fp32)
-    shipped = ddpm_from_checkpoint(obj, device)
+    shipped = shapes.ddpm_from_checkpoint(obj, device)
     print(f"trained {step} steps in {elapsed / 60:.1f} min; final loss {final_loss:.4f}; wrote {out / 'ddpm.pt'}")
 
     noise = fixed_noise(64, 0, args.image_size).to(device)
