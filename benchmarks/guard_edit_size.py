@@ -48,6 +48,7 @@ def main(argv=None) -> int:
                                   "edit_size": r["edit_size"],
                                   "delta_h_cosine": c["delta_h_cosine"]["value"],
                                   "delta_h_cosine_precision": c["delta_h_cosine_precision"]["value"],
+                                  "delta_h_cosine_same_xt_vs_chain": r["delta_h_cosine_same_xt_vs_chain"],
                                   "eps_edit_rel_err": c["eps_edit_rel_err"]["value"], "passed": g["passed"]}),
                       flush=True)
     return 0
