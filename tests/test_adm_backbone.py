@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from asyrp import backbones, weights
+from asyrp import backbones
+from asyrp.io import weights
 from asyrp import diffusion as D
 from asyrp.attributes import get_attribute
 from asyrp.backbones import fingerprint, save_clip
 from asyrp.cli import main as cli
-from asyrp.data import DataError, open_images
+from asyrp.io.datasets import DataError, open_images
 from asyrp.models.adm import ADMUNet
 from asyrp.models.delta import load_delta_block, save_delta_block
 from conftest import FIXTURES, TINY_CLIP_CFG, load_fixture, tiny_clip

@@ -27,8 +27,8 @@ from asyrp.app import (EXAMPLES, STRIP_STRENGTHS, AppError, Editor, configure_pa
                        labelled_strip, parse_choices, released_directions, write_examples)
 from asyrp.cli import COMMANDS
 from asyrp.cli import main as cli_main
-from asyrp.edit import EditConfig, settings_for
-from asyrp.inversion import sampled_noise
+from asyrp.pipeline.edit import EditConfig, settings_for
+from asyrp.pipeline.inversion import sampled_noise
 from asyrp.models.delta import build_delta_block, save_delta_block
 from asyrp.plots import load_png
 from asyrp.worlds import shapes

@@ -9,8 +9,7 @@ import sys
 from conftest import REPO
 
 SCRIPT = REPO / "scripts" / "check_architecture.py"
-OWNED = ("asyrp.study", "asyrp.bench", "asyrp.errors", "asyrp.experiments", "asyrp.report", "asyrp.figures",
-         "asyrp.guard")
+OWNED = ("asyrp.study", "asyrp.bench", "asyrp.errors", "asyrp.report", "asyrp.figures")
 
 
 def _load():

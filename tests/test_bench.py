@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from asyrp import bench
+from asyrp.cli import bench as bench_cli
 from asyrp import diffusion as D
-from asyrp import train as T
+from asyrp.pipeline import train as T
 from asyrp.cli import main as cli
 from conftest import REPO
 
@@ -112,7 +113,7 @@ def test_bf16_peak_of_known_devices(name, peak):
 
 def test_results_file_name():
     record = {"date": "2026-01-02T03:04:05+00:00", "device": {"type": "cuda", "name": "NVIDIA H200"}}
-    assert bench.results_path("benchmarks/results", record).as_posix() == "benchmarks/results/2026-01-02_NVIDIA-H200.jsonl"
+    assert bench_cli.results_path("benchmarks/results", record).as_posix() == "benchmarks/results/2026-01-02_NVIDIA-H200.jsonl"
 
 
 def test_thin_script_and_bad_tasks(monkeypatch, capsys):
@@ -126,7 +127,7 @@ def test_thin_script_and_bad_tasks(monkeypatch, capsys):
 
 
 def test_mode_configs_follow_the_presets():
-    from asyrp.train import PRESETS
+    from asyrp.pipeline.train import PRESETS
     ref = bench.mode_config("reference")
     fast = bench.mode_config("fast", batch_size=9)
     for k, v in PRESETS["reference"].items():
@@ -138,9 +139,9 @@ def test_mode_configs_follow_the_presets():
     assert "batch_size" not in PRESETS["fast"] and bench.mode_config("fast").batch_size == 1
     assert fast.batch_size == 9 and fast.compile is None and ref.batch_size == 1
     assert bench.mode_config("fast", compile=True).compile is True
-    assert bench.parse_overrides(["compile_mode=reduce-overhead", "fused_step=false", "lr=0.1"]) == \
+    assert bench_cli.parse_overrides(["compile_mode=reduce-overhead", "fused_step=false", "lr=0.1"]) == \
         {"compile_mode": "reduce-overhead", "fused_step": False, "lr": 0.1}
     with pytest.raises(ValueError, match="FIELD=VALUE"):
-        bench.parse_overrides(["nosuchfield=1"])
+        bench_cli.parse_overrides(["nosuchfield=1"])
     assert ref.attribute == "smiling" and ref.t_edit == 513 and ref.t_boost == 167
     assert math.isclose(len(D.training_pairs(ref.n_train_step, ref.t_edit, ref.t_0)), 19)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from asyrp import cli
-from asyrp.io import atomic_json, atomic_torch_save, default_file_mode
+from asyrp.io.files import atomic_json, atomic_torch_save, default_file_mode
 from asyrp.models.delta import DeltaBlock, DeltaBlockConfig, save_delta_block
 from conftest import REPO
 

@@ -14,10 +14,15 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from asyrp import cli, data
-from asyrp.data import (DataError, ImageFolder, LMDBImages, SkippedFilesWarning, Subset, batches, load_split,
-                        make_split, open_images, prepare_lmdb, save_split, select, take)
-from asyrp.io import sha256_file
+from asyrp import cli
+from asyrp.io import datasets as data
+from asyrp.io import lmdb_writer
+from asyrp.io import images
+from asyrp.io.datasets import ImageFolder, LMDBImages, Subset, batches, open_images, select, take
+from asyrp.io.images import DataError, SkippedFilesWarning
+from asyrp.io.splits import load_split, make_split, save_split
+from asyrp.io.lmdb_writer import prepare_lmdb
+from asyrp.io.files import sha256_file
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -132,24 +137,24 @@ def test_modes_are_converted_to_rgb(mixed_folder):
     gray = ds[ds.names.index("gray")]["image"]
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     rgba = ds[ds.names.index("rgba")]["image"]
-    assert torch.equal(rgba, data.to_tensor(Image.open(mixed_folder / "rgba.png").convert("RGB")))
+    assert torch.equal(rgba, images.to_tensor(Image.open(mixed_folder / "rgba.png").convert("RGB")))
 
 
 def test_sixteen_bit_grey_and_exif_rotation(tmp_path):
     values = np.full((8, 8), 32896, np.uint16)  # 128 * 257
     Image.fromarray(values).save(tmp_path / "deep.png")
-    assert np.asarray(data.decode_rgb((tmp_path / "deep.png").read_bytes())).max() == 128
+    assert np.asarray(images.decode_rgb((tmp_path / "deep.png").read_bytes())).max() == 128
     photo = _noise(20, 10)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     buffer = io.BytesIO()
     photo.save(buffer, format="JPEG", exif=exif)
-    assert data.decode_rgb(buffer.getvalue()).size == (10, 20)
+    assert images.decode_rgb(buffer.getvalue()).size == (10, 20)
 
 
 def test_to_tensor_matches_torchvision():
     img = _noise(9, 7)
-    assert torch.equal(data.to_tensor(img), TF.normalize(TF.to_tensor(img), [0.5] * 3, [0.5] * 3))
+    assert torch.equal(images.to_tensor(img), TF.normalize(TF.to_tensor(img), [0.5] * 3, [0.5] * 3))
 
 
 def test_empty_and_unreadable_folders_raise(tmp_path):
@@ -239,13 +244,13 @@ def test_prepare_lmdb_matches_reference_layout(source_folder, tmp_path):
     assert ds.resolution == 16 and ds.names == ["00000", "00001", "00002"]
     item = ds[1]
     decoded = Image.open(io.BytesIO(records["16-00001"])).convert("RGB")
-    assert torch.equal(item["image"], data.to_tensor(decoded))
+    assert torch.equal(item["image"], images.to_tensor(decoded))
     assert item["source"] == f"lmdb:{out}#1" and item["name"] == "00001"
     assert item["sha256"] == hashlib.sha256(records["16-00001"]).hexdigest()
     # stored size chosen for a smaller image_size: the next larger one, then resized
     small = LMDBImages(out, 8)
     assert small.resolution == 16
-    assert torch.equal(small[0]["image"], data.to_tensor(
+    assert torch.equal(small[0]["image"], images.to_tensor(
         Image.open(io.BytesIO(records["16-00000"])).convert("RGB").resize((8, 8), Image.Resampling.BILINEAR)))
     assert LMDBImages(out, 8, resolution=32).resolution == 32
     with pytest.raises(DataError, match="resolution 64"):
@@ -266,7 +271,7 @@ def test_prepare_lmdb_lanczos_and_workers(source_folder, tmp_path):
 
 
 def test_interrupted_prepare_leaves_nothing(source_folder, tmp_path, monkeypatch):
-    real_encode = data.encode_image
+    real_encode = lmdb_writer.encode_image
     calls = []
 
     def failing_encode(*args, **kwargs):
@@ -275,7 +280,7 @@ def test_interrupted_prepare_leaves_nothing(source_folder, tmp_path, monkeypatch
             raise RuntimeError("killed half way")
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(data, "encode_image", failing_encode)
+    monkeypatch.setattr(lmdb_writer, "encode_image", failing_encode)
     out = tmp_path / "LMDB_train"
     with pytest.raises(RuntimeError, match="half way"):
         prepare_lmdb(source_folder, out, sizes=(16,), progress=False)
@@ -302,7 +307,7 @@ def test_prepare_lmdb_grows_the_map(tmp_path, monkeypatch):
     src.mkdir()
     for i in range(6):
         _noise(64, 64, i).save(src / f"{i}.png")
-    monkeypatch.setattr(data, "_initial_map_size", lambda n, sizes: 16 << 10)
+    monkeypatch.setattr(lmdb_writer, "_initial_map_size", lambda n, sizes: 16 << 10)
     prepare_lmdb(src, tmp_path / "out", sizes=(64,), progress=False)
     records = _read_all(tmp_path / "out")
     assert records["length"] == b"6" and sum(map(len, records.values())) > 32 << 10  # could not fit in 16 KiB

@@ -168,7 +168,7 @@ def test_sampled_images_of_a_value_are_read_as_that_value(tmp_path):
     from asyrp.backbones import fingerprint
     from asyrp.cli import UserError
     from asyrp.demo import sampled_of_value
-    from asyrp.inversion import InversionSettings
+    from asyrp.pipeline.inversion import InversionSettings
     from asyrp.worlds import shapes
 
     torch.set_num_threads(2)

@@ -12,7 +12,7 @@ from asyrp.backbones import save_unet
 from asyrp.cli import main as cli
 from asyrp.models import unet as unet_module
 from asyrp.models.delta import DeltaBlockConfig, load_delta_block
-from asyrp.weights import UnknownWeightsError, resolve_direction
+from asyrp.io.weights import UnknownWeightsError, resolve_direction
 from conftest import FIXTURES, REPO
 from test_timesteps import UNET_512
 

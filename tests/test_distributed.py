@@ -18,10 +18,10 @@ SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     from conftest import tiny_backbone, tiny_clip
-    from asyrp.distributed import context_from_env
-    from asyrp.edit import EditConfig, edit
-    from asyrp.inversion import InversionSettings, load_entries
-    from asyrp.train import TrainConfig, train
+    from asyrp.pipeline.distributed import context_from_env
+    from asyrp.pipeline.edit import EditConfig, edit
+    from asyrp.pipeline.inversion import InversionSettings, load_entries
+    from asyrp.pipeline.train import TrainConfig, train
     out, cache = sys.argv[1], sys.argv[2]
     dist = context_from_env()
     bb, clip = tiny_backbone(), tiny_clip()

@@ -24,7 +24,7 @@ MINI_OVERRIDES = ["edit.n_images=2", "runs.transfer.evaluate.fid=false"]  # FID 
 
 
 class SoloContext:
-    """An asyrp.distributed.Context stand-in for one process (rank 0 of 1, or a given rank): collectives are
+    """An asyrp.pipeline.distributed.Context stand-in for one process (rank 0 of 1, or a given rank): collectives are
     no-ops, so the distributed code paths of run-experiment run without torch.distributed."""
 
     def __init__(self, rank=0, world_size=1):
@@ -139,10 +139,10 @@ def test_mini_family_end_to_end_then_everything_is_skipped(mini_env, mini_env_va
     # second call, through the CLI: nothing is recomputed
     def forbidden(*a, **k):
         raise AssertionError("a finished stage ran again")
-    import asyrp.edit
+    import asyrp.pipeline.edit
     import asyrp.metrics
-    import asyrp.train
-    for module, name in ((asyrp.train, "train"), (asyrp.edit, "edit"), (asyrp.metrics, "evaluate_run")):
+    import asyrp.pipeline.train
+    for module, name in ((asyrp.pipeline.train, "train"), (asyrp.pipeline.edit, "edit"), (asyrp.metrics, "evaluate_run")):
         monkeypatch.setattr(module, name, forbidden)
     before = _mtimes(out)
     sets = [a for o in MINI_OVERRIDES for a in ("--set", o)]
@@ -210,8 +210,8 @@ EXPLICIT_EVAL = ("clip_model", "prompt_mode", "fid", "sdir")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_file_resolves(family, tmp_path):
     from asyrp.attributes import attribute_table
-    from asyrp.edit import EditConfig
-    from asyrp.train import TrainConfig
+    from asyrp.pipeline.edit import EditConfig
+    from asyrp.pipeline.train import TrainConfig
     fam = X.load_family(CONFIGS / f"{family}.yaml", tmp_path, env=MINI_ENV)  # strict: defaults for every variable
     assert fam.name == family and fam.runs and not fam.missing
     text = (CONFIGS / f"{family}.yaml").read_text()

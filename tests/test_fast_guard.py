@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from asyrp import bench
-from asyrp import train as T
+from asyrp.pipeline import train as T
 from asyrp import diffusion as D
 from asyrp import sampling
 from asyrp.models.delta import build_delta_block
@@ -96,7 +96,7 @@ def test_one_compiled_graph_serves_every_timestep(models, one_thread):
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from asyrp import fast
+    from asyrp.pipeline import fast
 
     bb, encoder, size = models
     cfg = bench.mode_config("fast", batch_size=2, device="cpu", n_train_step=20, precision="fp32", compile=True)

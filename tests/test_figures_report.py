@@ -48,11 +48,11 @@ def _relative(results: dict, base: Path) -> dict:
 
 
 def build_study(root: Path) -> dict:
-    from asyrp.edit import EditConfig, edit
-    from asyrp.inversion import InversionSettings, precompute_sampled
+    from asyrp.pipeline.edit import EditConfig, edit
+    from asyrp.pipeline.inversion import InversionSettings, precompute_sampled
     from asyrp.metrics import evaluate_run
     from asyrp.models.delta import DeltaBlockConfig
-    from asyrp.train import TrainConfig, train
+    from asyrp.pipeline.train import TrainConfig, train
 
     bb, clip = tiny_backbone(), tiny_clip()
     entries = precompute_sampled(bb.unet, IMAGES, 0, root / "cache", bb.fingerprint, InversionSettings(4),

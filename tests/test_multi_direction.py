@@ -6,7 +6,7 @@ import math
 import pytest
 
 from asyrp.cli import UserError
-from asyrp.edit import Direction, EditConfig, settings_for
+from asyrp.pipeline.edit import Direction, EditConfig, settings_for
 
 
 def _directions(k, n_train_step=40):

@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from asyrp.experiments import run_experiment
+from asyrp.study.runner import run_experiment
 from conftest import REPO
 
 nbformat = pytest.importorskip("nbformat")

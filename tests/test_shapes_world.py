@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from asyrp import diffusion
 from asyrp.cli import main as cli_main
-from asyrp.io import read_jsonl
+from asyrp.io.files import read_jsonl
 from asyrp.models.unet import DDPMUNet
 from asyrp.worlds import shapes
 from asyrp.worlds.shapes import ShapeSpec, ShapesDataset, caption, read_attributes, render, sample_specs

@@ -14,10 +14,10 @@ from asyrp import diffusion as D
 from asyrp.backbones import Backbone, fingerprint
 from asyrp.cli import UserError
 from asyrp.clip_loss import CLIPDirection
-from asyrp.edit import EditConfig, edit
+from asyrp.pipeline.edit import EditConfig, edit
 from asyrp.models.delta import build_delta_block
 from asyrp.models.unet import DDPMUNet
-from asyrp.train import TrainConfig, resolve_run, train
+from asyrp.pipeline.train import TrainConfig, resolve_run, train
 from conftest import FIXTURES, tiny_backbone, tiny_clip
 
 # h = 512 × 8 × 8 and temb 512 like CelebA-HQ, at 16 px: the released directions fit it

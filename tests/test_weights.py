@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from asyrp import cli, weights
-from asyrp.io import sha256_file
+from asyrp import cli
+from asyrp.io import weights
+from asyrp.io.files import sha256_file
 from conftest import FIXTURES
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than one download chunk

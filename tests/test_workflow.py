@@ -17,7 +17,7 @@ from PIL import Image
 from asyrp import sampling
 from asyrp.backbones import load_backbone, save_clip, save_unet
 from asyrp.cli import main as cli
-from asyrp.inversion import InversionSettings, cache_dir, precompute
+from asyrp.pipeline.inversion import InversionSettings, cache_dir, precompute
 from asyrp.models.delta import build_delta_block, save_delta_block
 from asyrp.plots import grid, load_png
 from conftest import REPO, TINY_CLIP_CFG, tiny_backbone, tiny_clip
@@ -100,7 +100,7 @@ def test_log_has_one_line_per_training_step(env):
 
 
 def test_inversion_cache_reuse_and_staleness(env, monkeypatch):
-    from asyrp.data import open_images
+    from asyrp.io.datasets import open_images
     bb = load_backbone(str(env / "unet.pt"))
     items = [open_images(str(env / "images"), 16)[i] for i in range(3)]
     calls = []
@@ -135,8 +135,8 @@ TRAIN_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     from conftest import tiny_backbone, tiny_clip
-    from asyrp.train import TrainConfig, train
-    from asyrp.inversion import InversionSettings, precompute_sampled
+    from asyrp.pipeline.train import TrainConfig, train
+    from asyrp.pipeline.inversion import InversionSettings, precompute_sampled
     bb, clip = tiny_backbone(), tiny_clip()
     entries = precompute_sampled(bb.unet, 4, 0, {cache!r}, bb.fingerprint, InversionSettings(4), progress=False)
     cfg = TrainConfig(src="a", trg="b", backbone="tiny", n_train_step=6, t_edit=0, batch_size=1, n_images=4,

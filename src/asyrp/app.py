@@ -8,7 +8,7 @@ diffusion-editing users know (Hugging Face Spaces) and is actively maintained. O
 * images are uploaded (decoded and resized as ``asyrp edit --data FILE`` does) or sampled from the backbone (as
   ``--data sampled``); each is DDIM-inverted once, cached by the sha256 of its pixels and the inversion settings, so
   moving a slider costs only the generation;
-* an edit is an :class:`asyrp.edit.EditConfig` (weights from ``settings_for``, times from ``edit_times``, the same
+* an edit is an :class:`asyrp.pipeline.edit.EditConfig` (weights from ``settings_for``, times from ``edit_times``, the same
   boost noise), so the exported settings JSON reproduces the PNG with ``asyrp edit --config``;
 * metrics of the pair: S_dir (original → edit) per direction; in the shapes world, the attribute reader.
 
@@ -37,14 +37,14 @@ from PIL import Image, ImageDraw
 from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp import sampling
-from asyrp import weights as registry
+from asyrp.io import weights as registry
 from asyrp.attributes import attribute_table
 from asyrp.backbones import BACKBONES, TINY_WORLDS, load_backbone, load_clip_model
 from asyrp.errors import UserError
-from asyrp.data import open_images
-from asyrp.edit import EditConfig, edit_times, load_direction, settings_for
-from asyrp.inversion import sampled_noise
-from asyrp.io import atomic_json, default_device
+from asyrp.io.datasets import open_images
+from asyrp.pipeline.edit import EditConfig, edit_times, load_direction, settings_for
+from asyrp.pipeline.inversion import sampled_noise
+from asyrp.io.files import atomic_json, default_device
 from asyrp.models.delta import load_delta_block
 from asyrp.plots import save_png, to_uint8
 from asyrp.worlds import shapes
@@ -96,7 +96,7 @@ class Editor:
         except registry.MissingWeightsError as e:
             raise AppError(f"backbone {backbone}: {e}") from None
         self.unet, self.alphas = self.backbone.unet, D.alphas_cumprod(D.linear_betas()).to(self.device)
-        self.directions, self.texts = {}, {}  # label -> asyrp.edit.Direction; label -> (src, trg text) or None
+        self.directions, self.texts = {}, {}  # label -> asyrp.pipeline.edit.Direction; label -> (src, trg text) or None
         self.pictures, self._cache = {}, OrderedDict()  # pixel key -> Picture; see _cached
         self._clip, self._clip_lock = None, threading.Lock()
         if backbone == "shapes":

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from asyrp.io import atomic_torch_save
+from asyrp.io.files import atomic_torch_save
 from asyrp.models.adm import AFHQ_DICT, METFACE_DICT, ADMUNet, adm_config
 from asyrp.models.delta import CheckpointError, read_checkpoint
 from asyrp.models.diffusers_ddpm import is_diffusers_folder, load_diffusers_unet
@@ -123,7 +123,7 @@ def load_backbone(name_or_path: str, config: Mapping[str, Any] | None = None, we
         from asyrp.worlds import shapes
         unet, domain, clip = shapes.load_tiny_ddpm(), None, "shapes"
     elif name_or_path in BACKBONES:
-        from asyrp import weights as registry
+        from asyrp.io import weights as registry
         spec = BACKBONES[name_or_path]
         weights = registry.resolve(spec.weights, weights_dir=weights_dir)
         if spec.config is None:

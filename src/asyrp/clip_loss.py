@@ -213,7 +213,7 @@ def load_clip(name: str = "ViT-B/32", weights: str | os.PathLike | None = None, 
     if name not in CLIP_ARCHS:
         raise ValueError(f"unknown CLIP model {name!r}; choose one of {list(CLIP_ARCHS)}")
     if weights is None:
-        from asyrp import weights as registry
+        from asyrp.io import weights as registry
         weights = registry.resolve(f"clip-{name}", weights_dir=weights_dir)
     weights = Path(weights)
     if not weights.is_file():

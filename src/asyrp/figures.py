@@ -1,11 +1,9 @@
-"""``asyrp figures``: the report's figures, regenerated from saved runs.
+"""The figures' API in one namespace, for notebooks (``from asyrp import figures``): grids, plots, the figure plan.
 
 The work lives in :mod:`asyrp.study` (grids: the pixel-exact image grids; plots: the line plots; figure_plan: every
-figure a set of results supports); this module keeps the command's entry point (``configure_parser`` / ``main``) and
-the public names under their old import path.
+figure a set of results supports); the command ``asyrp figures`` is :mod:`asyrp.cli.figures`. Imports no torch.
 """
 
-from asyrp.study.cli_figures import configure_parser, main  # noqa: F401
 from asyrp.study.figure_plan import FUNCTIONS, is_shapes_family, logs_by_label, make_figures, plan_figures  # noqa: F401
 from asyrp.study.grids import (FONT_SIZE, IMAGE_SUFFIXES, MIN_TILE, PAD, UNSEEN_DOMAIN, ablation_grid,  # noqa: F401
                                compose, editing_grid, image_names, image_path, linearity_sweep, load_image,

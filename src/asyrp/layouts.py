@@ -7,7 +7,7 @@
   image files or folders): the aligned images in ``images/``. The original kept the last 500 files of its listing
   as the test set; here ``test`` is the last 500 in sorted order and ``train`` the rest.
 
-:func:`find_layout` only looks at folder names (nothing is decoded); :func:`asyrp.data.open_images` applies it.
+:func:`find_layout` only looks at folder names (nothing is decoded); :func:`asyrp.io.datasets.open_images` applies it.
 """
 
 from __future__ import annotations

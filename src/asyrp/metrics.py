@@ -37,7 +37,7 @@ from scipy import linalg
 from torch import nn
 
 from asyrp.clip_loss import CLIP_ARCHS, CLIPDirection, directional_similarity, load_clip
-from asyrp.io import atomic_json, default_device
+from asyrp.io.files import atomic_json, default_device
 
 __all__ = [
     "SCHEMA", "fid_from_features", "frechet_distance", "feature_statistics", "kid_from_features", "s_dir_cosines",
@@ -295,7 +295,7 @@ def load_fid_inception(weights: str | os.PathLike | None = None,
                        weights_dir: str | os.PathLike | None = None) -> FIDInceptionV3:
     """The FID Inception with the ``pt_inception-2015-12-05-6726825d.pth`` weights (path, or the weights registry)."""
     if weights is None:
-        from asyrp import weights as registry  # lazily: only when no explicit path is given
+        from asyrp.io import weights as registry  # lazily: only when no explicit path is given
         weights = registry.resolve("inception-fid", weights_dir=weights_dir)
     path = Path(weights)
     if not path.is_file():

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from asyrp.io import atomic_path
+from asyrp.io.files import atomic_path
 
 LABEL_FONT = ImageFont.load_default_imagefont()  # PIL's built-in bitmap font: ~6 px per character, 11 px high
 LABEL_PAD = 3     # px around a label

@@ -1,11 +1,10 @@
-"""``asyrp report``: Markdown tables of a study from its result files.
+"""The report's API in one namespace, for notebooks (``from asyrp import report``): results files, tags, tables.
 
 The work lives in :mod:`asyrp.study` (results: the schema and reader; collect: results from edit folders; tags:
-entries and tag analysis; tables: the Markdown); this module keeps the command's entry point (``configure_parser`` /
-``main``) and the public names under their old import path.
+entries and tag analysis; tables: the Markdown); the command ``asyrp report`` is :mod:`asyrp.cli.report`. Imports no
+torch.
 """
 
-from asyrp.study.cli_report import configure_parser, main  # noqa: F401
 from asyrp.study.collect import collect_folders as collect_results  # noqa: F401
 from asyrp.study.collect import find_eval_files, infer_tags, metrics_from_eval, train_summary  # noqa: F401
 from asyrp.study.results import (EVAL_SCHEMA, METRIC_KEYS, RESULTS_SCHEMA, ResultsError, as_results,  # noqa: F401

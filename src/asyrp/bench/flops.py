@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from asyrp import diffusion as D
 from asyrp import sampling
-from asyrp import train as T
+from asyrp.pipeline import train as T
 from asyrp.bench.guard import T_0, T_EDIT
 
 FLOPS_COUNTED = ("torch.utils.flop_counter.FlopCounterMode: matrix multiplies (mm, addmm, bmm, baddbmm), convolutions, "

@@ -18,7 +18,7 @@ import torch
 
 from asyrp import diffusion as D
 from asyrp import sampling
-from asyrp import train as T
+from asyrp.pipeline import train as T
 from asyrp.backbones import Backbone
 from asyrp.models.delta import DeltaBlockConfig, load_delta_block, save_delta_block
 
@@ -135,7 +135,7 @@ def numerical_guard(unet, encoder, clip_size: int, *, device=None, batch_size: i
       ‖x0‖ in quadrature. ``inversion_t_0 = 400`` is for *untrained* networks: with random weights and t_0 = 999 the
       reconstruction is chaotic (``informative`` is False when e_ref ≥ 1); with trained weights use 999.
     * The direction a short training run learns: one epoch over the ``batch_size`` images on an ``n_train_step``
-      grid (10 steps at 20, t_edit 513), SGD at ``lr``, through :func:`asyrp.train.train`. Compared: the *learnt
+      grid (10 steps at 20, t_edit 513), SGD at ``lr``, through :func:`asyrp.pipeline.train.train`. Compared: the *learnt
       change* of the blocks' outputs, f_a(h) − f_0(h) vs f_b(h) − f_0(h), on the h of every image at every trained
       timestep (the raw outputs, dominated by f_0 after a short run, are reported as ``delta_h_cosine_raw``).
 
@@ -254,7 +254,7 @@ def numerical_guard(unet, encoder, clip_size: int, *, device=None, batch_size: i
                         loss_l1_reference=lr_["loss_l1"], loss_l1_fast=lf["loss_l1"], l1_operand_scale=scale_l1,
                         loss_l1_rel_err=abs(lf["loss_l1"] - lr_["loss_l1"]) / max(abs(lr_["loss_l1"]), 1e-30))
 
-        # --- short training runs through asyrp.train.train: the learnt Δh -------------------------------------------
+        # --- short training runs through asyrp.pipeline.train.train: the learnt Δh -------------------------------------------
         fast_fp32 = dataclasses.replace(fast_cfg, precision="fp32")
         runs = {"reference": ref_cfg, "fast": fast_cfg, "fast_fp32": fast_fp32,
                 "fast_same_xt": dataclasses.replace(fast_fp32, l1_reference="same_xt")}

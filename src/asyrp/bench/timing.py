@@ -12,11 +12,11 @@ reduced U-Net (16 px, h = 64×4×4) and a tiny open_clip CLIP (16 px) that run o
   target, source embeddings re-encoded every step) and editing at batch 1 in fp32.
 * **fast**: ``PRESETS["fast"]`` (bf16 autocast, ``same_xt`` L1 target, cached source embeddings, channels_last U-Net)
   at ``--train-batch`` (default 9) and editing in bf16 at ``--edit-batch`` (default 16); ``--compile`` sets
-  ``TrainConfig.compile`` (which, as in :func:`asyrp.train.train`, compiles the delta block).
+  ``TrainConfig.compile`` (which, as in :func:`asyrp.pipeline.train.train`, compiles the delta block).
 
-Training runs the library's own step loop, :func:`asyrp.train._train_batch`, on objects built the way
-:func:`asyrp.train.train` builds them (:class:`asyrp.train.Session`). Editing runs :func:`asyrp.sampling.invert` and
-:func:`asyrp.sampling.generate` under the precision's autocast, as :func:`asyrp.edit.edit` does (:func:`edit_images`).
+Training runs the library's own step loop, :func:`asyrp.pipeline.train._train_batch`, on objects built the way
+:func:`asyrp.pipeline.train.train` builds them (:class:`asyrp.pipeline.train.Session`). Editing runs :func:`asyrp.sampling.invert` and
+:func:`asyrp.sampling.generate` under the precision's autocast, as :func:`asyrp.pipeline.edit.edit` does (:func:`edit_images`).
 
 Measurements
 ------------
@@ -47,14 +47,14 @@ import time
 import torch
 
 from asyrp import diffusion as D
-from asyrp import fast as F
+from asyrp.pipeline import fast as F
 from asyrp import sampling
-from asyrp import train as T
+from asyrp.pipeline import train as T
 from asyrp.bench.flops import FLOPS_COUNTED, bf16_peak_tflops, edit_flops_per_image, train_flops_per_image
 from asyrp.bench.guard import (ATTRIBUTE, T_0, T_BOOST, T_EDIT, mode_config, numerical_guard, random_images,
                                speed_switches)
 from asyrp.bench.models import BenchModels, build_models, random_entries
-from asyrp.io import default_device
+from asyrp.io.files import default_device
 from asyrp.models.delta import DeltaBlockConfig
 
 SCHEMA = "asyrp.bench/1"
@@ -68,7 +68,7 @@ def edit_images(unet, x0: torch.Tensor, delta, alphas: torch.Tensor, indices, pr
 
     ``indices`` name the images: boost noise comes from one generator per image (``sampling.image_generators``), so an
     image gets the same edit in any batch. ``delta`` is a block or ``sampling.DeltaSum``; under ``precision="bf16"``
-    both samplers run in bf16 autocast (the DDIM maths stays fp32, as in asyrp.edit).
+    both samplers run in bf16 autocast (the DDIM maths stays fp32, as in asyrp.pipeline.edit).
     """
     with T.autocast(x0.device, precision):
         x_T = sampling.invert(unet, x0, alphas, n_inv_step, t_0)
@@ -119,7 +119,7 @@ def _finish(out: dict, flops_per_image: float, peak: float | None) -> dict:
 
 def bench_train(models: BenchModels, direction, cfg: T.TrainConfig, device, warmup_steps: int = 2,
                 timed_steps: int = 5, repeats: int = 2, peak_tflops: float | None = None, seed: int = 0) -> dict:
-    """Training throughput of one mode through ``asyrp.train._train_batch``."""
+    """Training throughput of one mode through ``asyrp.pipeline.train._train_batch``."""
     device = torch.device(device)
     session = T.Session(cfg, models.backbone, direction, device)
     bs, pairs = cfg.batch_size, session.pairs
@@ -155,7 +155,7 @@ def bench_edit(models: BenchModels, block, precision: str, batch_size: int, devi
     """Editing throughput (inversion + edited generation) of one precision / batch size / compile switch."""
     device = torch.device(device)
     eager_unet = models.backbone.unet
-    eager_unet.to(memory_format=torch.contiguous_format)  # asyrp.edit does not change the memory format
+    eager_unet.to(memory_format=torch.contiguous_format)  # asyrp.pipeline.edit does not change the memory format
     unet = F.maybe_compiled(eager_unet, compile, compile_mode)
     alphas = D.alphas_cumprod(D.linear_betas()).to(device)
     delta = sampling.DeltaSum([block], [1.0])  # strength 1, n_train_step = n_test_step
@@ -246,7 +246,7 @@ def run_benchmark(tiny: bool = False, device=None, train_batch: int = 9, edit_ba
               "memory_kind": memory_kind(device), "flops_counted": FLOPS_COUNTED,
               "method": {
                   "train": (f"{train_warmup} warm-up steps (timed apart: warmup_seconds, compile included), then "
-                            f"{repeats} × asyrp.train._train_batch over the first {train_steps or 'all'} steps of the "
+                            f"{repeats} × asyrp.pipeline.train._train_batch over the first {train_steps or 'all'} steps of the "
                             "training grid; s/image = s/step × grid steps / batch size (extrapolated when fewer than "
                             "all grid steps are timed)"),
                   "edit": (f"1 warm-up batch on a 4-step grid (warmup_seconds, compile included), then {repeats} × "

@@ -36,9 +36,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from asyrp.io import atomic_torch_save, atomic_write_bytes
+from asyrp.io.files import atomic_torch_save, atomic_write_bytes
 from asyrp.models.adm import normalization
-from asyrp.weights import resolve_direction
+from asyrp.io.weights import resolve_direction
 
 KINDS = ("conv", "pixel", "channel", "pixel_channel", "channel_pixel", "adm")
 TIME_EMBEDDINGS = ("add", "mult", "adagn", "none")
@@ -407,7 +407,7 @@ def _infer_legacy_config(state: Mapping[str, torch.Tensor], path: Path) -> Delta
 def load_delta_block(path: str | os.PathLike, config: DeltaBlockConfig | Mapping[str, Any] | None = None,
                      return_meta: bool = False, weights_dir: str | os.PathLike | None = None):
     """Load a delta block from a path, a registry name (``asyrp-smiling``) or a bare file name in the weights folders
-    (``weights_dir``, ``$ASYRP_WEIGHTS_DIR``, the cache; see :func:`asyrp.weights.resolve_direction`):
+    (``weights_dir``, ``$ASYRP_WEIGHTS_DIR``, the cache; see :func:`asyrp.io.weights.resolve_direction`):
 
     * a checkpoint of this project (config inside; ``config``, if given, must equal it);
     * the same exported to ``.safetensors`` (config in the metadata);

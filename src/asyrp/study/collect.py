@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asyrp.io import read_jsonl
+from asyrp.io.files import read_jsonl
 from asyrp.study.results import EVAL_SCHEMA, METRIC_KEYS, read_json_checked, results_document
 
 

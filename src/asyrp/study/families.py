@@ -47,13 +47,13 @@ from typing import Any
 import yaml
 
 from asyrp import config as C
-from asyrp import weights as registry
+from asyrp.io import weights as registry
 from asyrp.attributes import resolve_texts
-from asyrp.edit import EditConfig
+from asyrp.pipeline.edit import EditConfig
 from asyrp.metrics import evaluate_folders
 from asyrp.models.delta import DeltaBlockConfig
 from asyrp.study.variables import ExperimentError, deep_merge, expand_variables, number, parse_overrides, set_path
-from asyrp.train import PRESETS, TrainConfig
+from asyrp.pipeline.train import PRESETS, TrainConfig
 
 STAGES = ("train", "edit", "evaluate")
 SHARED_KEYS = ("backbone", "cache_dir", "device", "t_edit", "t_boost")   # copied into train: and edit:

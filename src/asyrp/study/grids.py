@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from asyrp import __version__
-from asyrp.io import atomic_json, atomic_path
+from asyrp.io.files import atomic_json, atomic_path
 from asyrp.study.results import as_results
 from asyrp.study.tags import Entry, entries, format_tag, value_sort_key
 

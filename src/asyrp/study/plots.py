@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from asyrp.io import atomic_path, read_jsonl
+from asyrp.io.files import atomic_path, read_jsonl
 from asyrp.study.grids import load_all, sidecar
 from asyrp.study.tags import Entry, entries, format_tag, value_sort_key, varied_tags
 

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asyrp.io import atomic_json
+from asyrp.io.files import atomic_json
 
 RESULTS_SCHEMA = "asyrp.results/1"
 EVAL_SCHEMA = "asyrp.eval/1"            # asyrp.metrics.SCHEMA (not imported: it pulls in torch)

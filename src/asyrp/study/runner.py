@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from asyrp.backbones import load_backbone, load_clip_model
-from asyrp.edit import edit
-from asyrp.io import default_device
+from asyrp.pipeline.edit import edit
+from asyrp.io.files import default_device
 from asyrp.metrics import SmallSampleFIDWarning, _clip_image_size, evaluate_run, load_fid_inception
 from asyrp.study.families import STAGES, EditJob, ExperimentError, Run, load_family, ref_label
 from asyrp.study.family_results import collect_family
 from asyrp.study.results import write_results
 from asyrp.study.state import check_train_config, edit_state, eval_path, eval_state, read_json, train_state
-from asyrp.train import train
+from asyrp.pipeline.train import train
 
 
 def _digest(x) -> str:
@@ -219,7 +219,7 @@ def run_experiment(config_path, out_root, only=None, stages=STAGES, overrides=No
     """Train → edit → evaluate the runs of a family (all, or ``only``); write ``<out_root>/<family>/results.json``.
 
     ``stages`` picks the stages; ``redo`` ("edit", "evaluate") repeats them even when their outputs are complete.
-    ``distributed`` (asyrp.distributed.Context, under torchrun) makes training data-parallel and editing sharded;
+    ``distributed`` (asyrp.pipeline.distributed.Context, under torchrun) makes training data-parallel and editing sharded;
     evaluation and the results file are rank 0's. Returns the results (plus ``"actions"``: what each stage did, and
     ``"path"``; neither is written to the file).
     """

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from asyrp.io import atomic_path, read_jsonl
+from asyrp.io.files import atomic_path, read_jsonl
 
 SHIPPED = {"ddpm": ("ddpm.pt", "ddpm_train_log.jsonl", "samples.png"), "clip": ("clip.pt", "clip_train_log.jsonl")}
 

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind} h-swap at t ≥ {hs['t_edit']}, {hs['images']} images: {hs['transferred']:.2f} read as "
                   f"{trg}, {hs['kept']:.2f} still {src} (n = {hs['n']})")
     if a.out:
-        from asyrp.io import atomic_json
+        from asyrp.io.files import atomic_json
         atomic_json(a.out, result)
     return 0
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from asyrp import diffusion, sampling
-from asyrp.io import (
+from asyrp.io.files import (
     append_jsonl,
     atomic_json,
     atomic_path,

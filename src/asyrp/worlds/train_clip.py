@@ -33,7 +33,7 @@ from asyrp.clip_loss import (
     clip_preprocess,
     imagenet_templates,
 )
-from asyrp.io import (
+from asyrp.io.files import (
     append_jsonl,
     atomic_json,
     atomic_torch_save,

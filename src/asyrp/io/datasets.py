@@ -1,4 +1,4 @@
-"""Image sources: folders of images, CelebA-HQ style LMDBs, named splits, batching, and ``asyrp prepare-lmdb``.
+"""Image sources: folders of images, CelebA-HQ style LMDBs, named splits and batching.
 
 Every dataset here yields items
 
@@ -14,24 +14,15 @@ Two on-disk sources:
 * :class:`ImageFolder` — jpg/jpeg/png/webp files sorted by relative path (the reference used unsorted
   ``os.listdir``), centre-cropped to a square and resized with PIL bilinear.
 * :class:`LMDBImages` — the ddim/SDEdit/DiffusionCLIP CelebA-HQ layout: key ``f"{resolution}-{index:05d}"`` → JPEG
-  bytes, key ``"length"`` → the count as ASCII. :func:`prepare_lmdb` writes it exactly as the reference's
+  bytes, key ``"length"`` → the count as ASCII. :func:`asyrp.io.lmdb_writer.prepare_lmdb` writes it exactly as the reference's
   ``prepare_lmdb_data.py`` does (files sorted by path, (s, s) resize without crop, JPEG quality 100), but atomically.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import io
-import json
-import math
-import multiprocessing
-import numbers
 import os
 import re
-import secrets
-import shutil
-import sys
 import warnings
 import weakref
 from collections import Counter
@@ -39,87 +30,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import lmdb
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from asyrp.io import atomic_json
+from asyrp.io.images import (DECODE_ERRORS, IMAGE_EXTENSIONS, DataError, SkippedFilesWarning,
+                              center_crop_resize, check_image_size, decode_rgb, preview_names, to_tensor)
+from asyrp.io.splits import load_split
 from asyrp.layouts import METFACES_TEST_SIZE, LayoutError, find_layout
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
-LMDB_FILES = {"data.mdb", "lock.mdb"}
-
-# Errors PIL raises for files that are not (complete) images.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-class DataError(ValueError):
-    """A problem with the user's images, LMDB or split file; the CLI prints it as one line (exit code 2)."""
-
-
-class SkippedFilesWarning(UserWarning):
-    """Some files of an image folder were not images (or not readable) and were left out."""
-
-
-def _preview(items: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(str(x) for x in items[:limit])
-    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
-# --------------------------------------------------------------------------------------------------
-# Decoding and preprocessing
-# --------------------------------------------------------------------------------------------------
-
-def decode_rgb(data: bytes, label: str | os.PathLike = "image") -> Image.Image:
-    """Decode image bytes to an RGB PIL image; ``label`` names the image in the error message."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            # Phone photos store their rotation in EXIF; without this they come out sideways. (No effect on
-            # CelebA-HQ, whose files carry no orientation tag.) Also forces a full decode, so truncated files fail here.
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
-    except _DECODE_ERRORS as e:
-        raise DataError(f"cannot decode image {label}: {e}") from e
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        # 16-bit greyscale PNGs: Pillow's own conversion clips at 255 (a white image), so rescale to 8 bits.
-        grey = np.asarray(img).astype(np.float64) / 257.0
-        img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # the direct P → RGB conversion warns about palette transparency
-    return img.convert("RGB")  # alpha is dropped, as in the reference
-
-
-def center_crop_resize(img: Image.Image, size: int,
-                       resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
-    """Crop the centred square of side min(W, H) (left/top offsets rounded down), then resize to (size, size)."""
-    width, height = img.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    if (width, height) != (side, side):
-        img = img.crop((left, top, left + side, top + side))
-    if side != size:
-        img = img.resize((size, size), resample)
-    return img
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB uint8 image → float32 (3, H, W) in [-1, 1]; bit-identical to ToTensor() then Normalize(0.5, 0.5)."""
-    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-    x = x.to(torch.float32).div(255)
-    return (x - 0.5) / 0.5
-
-
-def _check_image_size(image_size: int) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise DataError(f"image_size must be a positive integer, got {image_size!r}")
-    return image_size
-
 
 # --------------------------------------------------------------------------------------------------
 # Datasets
@@ -174,11 +92,11 @@ def _is_readable_image(path: Path) -> bool:
         with Image.open(path) as img:  # reads the header only: cheap even for large folders
             img.size
         return True
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         return False
 
 
-def _collect_images(root: Path, recursive: bool) -> list[str]:
+def collect_images(root: Path, recursive: bool) -> list[str]:
     """Readable image files under ``root`` (sorted relative paths). Warns once about skipped files; raises
     :class:`DataError` when nothing readable is left."""
     candidates, unsupported = _find_files(root, recursive)
@@ -190,17 +108,17 @@ def _collect_images(root: Path, recursive: bool) -> list[str]:
             raise DataError(f"no images in {root}: the folder is empty")
         found = []
         if unreadable:
-            found.append(f"{len(unreadable)} unreadable image file(s) ({_preview(unreadable)})")
+            found.append(f"{len(unreadable)} unreadable image file(s) ({preview_names(unreadable)})")
         if unsupported:
             found.append(f"{len(unsupported)} file(s) that are not {'/'.join(IMAGE_EXTENSIONS)} "
-                         f"({_preview(unsupported)})")
+                         f"({preview_names(unsupported)})")
         raise DataError(f"no readable images in {root}: found " + " and ".join(found))
     if unreadable or unsupported:
         parts = []
         if unreadable:
-            parts.append(f"{len(unreadable)} unreadable ({_preview(unreadable)})")
+            parts.append(f"{len(unreadable)} unreadable ({preview_names(unreadable)})")
         if unsupported:
-            parts.append(f"{len(unsupported)} not a {'/'.join(IMAGE_EXTENSIONS)} image ({_preview(unsupported)})")
+            parts.append(f"{len(unsupported)} not a {'/'.join(IMAGE_EXTENSIONS)} image ({preview_names(unsupported)})")
         total = len(candidates) + len(unsupported)
         warnings.warn(f"skipped {total - len(readable)} of {total} files in {root}: " + "; ".join(parts),
                       SkippedFilesWarning, stacklevel=3)
@@ -232,7 +150,7 @@ class ImageFolder(ImageDataset):
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, split: str | None = None, recursive: bool = True):
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         root = Path(os.path.abspath(root))
         if split is not None:
             if not (root / split).is_dir():
@@ -245,7 +163,7 @@ class ImageFolder(ImageDataset):
                 raise DataError(f"{root} is not a readable image")
             root, relative = root.parent, [root.name]
         else:
-            relative = _collect_images(root, recursive)
+            relative = collect_images(root, recursive)
         self.root = root
         self.files = [root / rel for rel in relative]
         self.names = _unique_names(relative)
@@ -262,7 +180,7 @@ class ImageFolder(ImageDataset):
         return f"ImageFolder({str(self.root)!r}, {len(self)} images, image_size={self.image_size})"
 
 
-def _lmdb_key(resolution: int, index: int) -> bytes:
+def lmdb_key(resolution: int, index: int) -> bytes:
     return f"{resolution}-{index:05d}".encode()
 
 
@@ -310,7 +228,7 @@ class LMDBImages(ImageDataset):
     """
 
     def __init__(self, path: str | os.PathLike, image_size: int, resolution: int | None = None):
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.path = Path(os.path.abspath(path))
         if not (self.path / "data.mdb").is_file():
             raise DataError(f"{self.path} is not an LMDB folder (no data.mdb in it)")
@@ -319,9 +237,9 @@ class LMDBImages(ImageDataset):
             length = self._read_length(txn)
             self.resolution = self._choose_resolution(_stored_resolutions(txn), resolution)
             for index in (0, length - 1):  # catches an LMDB whose writer died half way
-                if txn.get(_lmdb_key(self.resolution, index)) is None:
+                if txn.get(lmdb_key(self.resolution, index)) is None:
                     raise DataError(f"LMDB {self.path} says length={length} but has no key "
-                                    f"{_lmdb_key(self.resolution, index).decode()!r}")
+                                    f"{lmdb_key(self.resolution, index).decode()!r}")
         self.names = [f"{i:05d}" for i in range(length)]
 
     def _read_length(self, txn: lmdb.Transaction) -> int:
@@ -357,9 +275,9 @@ class LMDBImages(ImageDataset):
         if self._env is None:
             self._env = _shared_readonly_lmdb(self.path)
         with self._env.begin() as txn:
-            data = txn.get(_lmdb_key(self.resolution, index))
+            data = txn.get(lmdb_key(self.resolution, index))
         if data is None:
-            raise DataError(f"missing key {_lmdb_key(self.resolution, index).decode()!r} in LMDB {self.path}")
+            raise DataError(f"missing key {lmdb_key(self.resolution, index).decode()!r} in LMDB {self.path}")
         data = bytes(data)
         img = decode_rgb(data, source)
         if img.size != (self.image_size, self.image_size):
@@ -380,7 +298,7 @@ class Subset(ImageDataset):
         names = dataset_names(dataset)
         bad = [i for i in indices if not 0 <= i < len(names)]
         if bad:
-            raise DataError(f"indices out of range for {dataset!r} (size {len(names)}): {_preview(bad)}")
+            raise DataError(f"indices out of range for {dataset!r} (size {len(names)}): {preview_names(bad)}")
         if isinstance(dataset, Subset):  # a view of a view reads the base dataset directly
             indices = [dataset.indices[i] for i in indices]
             names = dataset_names(dataset.dataset)
@@ -419,73 +337,11 @@ def select(dataset: Dataset, names: Sequence[str]) -> Subset:
     position = {name: i for i, name in enumerate(dataset_names(dataset))}
     unknown = [name for name in names if name not in position]
     if unknown:
-        raise DataError(f"{len(unknown)} of {len(names)} names are not in {dataset!r}: {_preview(unknown)}")
+        raise DataError(f"{len(unknown)} of {len(names)} names are not in {dataset!r}: {preview_names(unknown)}")
     repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
-        raise DataError(f"names listed more than once: {_preview(repeated)}")
+        raise DataError(f"names listed more than once: {preview_names(repeated)}")
     return Subset(dataset, [position[name] for name in names])
-
-
-# --------------------------------------------------------------------------------------------------
-# Named splits
-# --------------------------------------------------------------------------------------------------
-
-def make_split(names: Iterable[str], test_size: int | float, seed: int = 0) -> dict[str, list[str]]:
-    """Split ``names`` into sorted, disjoint ``train`` and ``test`` lists.
-
-    ``test_size`` is a count (int) or a fraction in [0, 1] (float, rounded half up). Names are ranked by
-    sha256(seed, name), so the split does not depend on Python's RNG or on the input order.
-    """
-    names = list(names)
-    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
-    if repeated:
-        raise DataError(f"names must be unique; repeated: {_preview(repeated)}")
-    if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real):
-        raise DataError(f"test_size must be an int count or a float fraction, got {test_size!r}")
-    if not isinstance(test_size, numbers.Integral):
-        if not 0.0 <= test_size <= 1.0:
-            raise DataError(f"a fractional test_size must lie in [0, 1], got {test_size}")
-        n_test = math.floor(test_size * len(names) + 0.5)
-    else:
-        n_test = int(test_size)
-    if not 0 <= n_test <= len(names):
-        raise DataError(f"test_size={test_size} does not fit {len(names)} names")
-    ranked = sorted(names, key=lambda name: hashlib.sha256(f"{seed}\0{name}".encode()).hexdigest())
-    return {"train": sorted(ranked[n_test:]), "test": sorted(ranked[:n_test])}
-
-
-def _check_split(split: Any, label: str) -> dict[str, list[str]]:
-    if not isinstance(split, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
-            for k, v in split.items()):
-        raise DataError(f"{label}: a split must map split names to lists of image names")
-    owner: dict[str, str] = {}
-    for part, names in split.items():
-        repeated = sorted(name for name, count in Counter(names).items() if count > 1)
-        if repeated:
-            raise DataError(f"{label}: split {part!r} lists names more than once: {_preview(repeated)}")
-        for name in names:
-            if name in owner:  # a name in two splits would leak test images into training
-                raise DataError(f"{label}: {name!r} is in both {owner[name]!r} and {part!r}")
-            owner[name] = part
-    return {part: list(names) for part, names in split.items()}
-
-
-def save_split(path: str | os.PathLike, split: Mapping[str, list[str]]) -> None:
-    """Write a split (``{"train": [...], "test": [...]}``, any split names) as JSON, atomically."""
-    atomic_json(path, _check_split(split, str(path)))
-
-
-def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise DataError(f"split file {path} does not exist") from None
-    try:
-        split = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"split file {path} is not valid JSON: {e}") from None
-    return _check_split(split, str(path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -539,7 +395,7 @@ def _open_path(path: Path, image_size: int, split: str | None) -> ImageDataset:
                 return ImageFolder(path, image_size, split=split)
             available = lmdb_splits + sorted(p.name for p in path.iterdir() if p.is_dir() and p.name[0] != ".")
             raise DataError(f"{path} has neither LMDB_{split} nor a subfolder {split!r} "
-                            f"(available: {_preview(available) or 'none'})")
+                            f"(available: {preview_names(available) or 'none'})")
         if lmdb_splits:
             raise DataError(f"{path} holds LMDBs for splits {', '.join(lmdb_splits)}: choose one with split=")
     elif split is not None:
@@ -594,161 +450,3 @@ def batches(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoad
         raise DataError(f"batch_size must be positive, got {batch_size}")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
                       collate_fn=collate)
-
-
-# --------------------------------------------------------------------------------------------------
-# prepare-lmdb
-# --------------------------------------------------------------------------------------------------
-
-def encode_image(path: str | os.PathLike, sizes: Sequence[int], resample: str = "bilinear",
-                 quality: int = 100) -> list[bytes]:
-    """The reference's record for one file: RGB, resized to (s, s) without crop, JPEG at ``quality``; per size."""
-    img = decode_rgb(Path(path).read_bytes(), path)
-    records = []
-    for size in sizes:
-        buffer = io.BytesIO()
-        img.resize((size, size), RESAMPLE_FILTERS[resample]).save(buffer, format="JPEG", quality=quality)
-        records.append(buffer.getvalue())
-    return records
-
-
-def _encode_task(task: tuple) -> list[bytes]:
-    return encode_image(*task)
-
-
-def _initial_map_size(n_images: int, sizes: Sequence[int]) -> int:
-    # Quality-100 JPEGs of photos take well under half the raw RGB size; the map doubles if that is too little.
-    # (The reference asked for 1 TiB.)
-    return max(16 << 20, n_images * sum(3 * s * s for s in sizes) // 2 + (4 << 20))
-
-
-def _put_all(env: lmdb.Environment, records: list[tuple[bytes, bytes]]) -> None:
-    while True:
-        try:
-            with env.begin(write=True) as txn:  # aborted on error
-                for key, value in records:
-                    txn.put(key, value)
-            return
-        except lmdb.MapFullError:
-            env.set_mapsize(env.info()["map_size"] * 2)
-
-
-def _write_lmdb(folder: Path, files: list[Path], sizes: Sequence[int], resample: str, quality: int, workers: int,
-                progress: bool) -> None:
-    env = lmdb.open(str(folder), map_size=_initial_map_size(len(files), sizes), readahead=False, meminit=False)
-    try:
-        tasks = ((str(path), tuple(sizes), resample, quality) for path in files)
-        pool = multiprocessing.Pool(workers) if workers > 0 else None
-        try:
-            encoded = pool.imap(_encode_task, tasks, chunksize=4) if pool else map(_encode_task, tasks)
-            pending: list[tuple[bytes, bytes]] = []
-            pending_bytes = 0
-            for index, records in enumerate(tqdm(encoded, total=len(files), desc="prepare-lmdb", unit="img",
-                                                 disable=not progress)):
-                for size, record in zip(sizes, records):
-                    pending.append((_lmdb_key(size, index), record))
-                    pending_bytes += len(record)
-                if pending_bytes > (64 << 20):  # commit in chunks: few fsyncs, bounded memory
-                    _put_all(env, pending)
-                    pending, pending_bytes = [], 0
-            pending.append((b"length", str(len(files)).encode()))
-            _put_all(env, pending)
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-        env.sync(True)
-    finally:
-        env.close()
-
-
-def _check_replaceable(out: Path, overwrite: bool) -> None:
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
-    if not out.is_dir() or out.is_symlink():
-        raise DataError(f"{out} exists and is not an LMDB folder; refusing to replace it")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in LMDB_FILES)
-    if foreign:  # never delete a folder of someone's files because of a mistyped OUT
-        raise DataError(f"{out} does not look like an LMDB (it holds {_preview(foreign)}); refusing to replace it")
-
-
-def _parse_sizes(sizes: str | int | Iterable[int]) -> tuple[int, ...]:
-    if isinstance(sizes, str):
-        try:
-            sizes = [int(s) for s in sizes.split(",") if s.strip()]
-        except ValueError:
-            raise DataError(f"sizes must be comma-separated integers, e.g. 256,1024; got {sizes!r}") from None
-    elif isinstance(sizes, int):
-        sizes = [sizes]
-    sizes = tuple(int(s) for s in sizes)
-    if not sizes or any(s <= 0 for s in sizes) or len(set(sizes)) != len(sizes):
-        raise DataError(f"sizes must be distinct positive integers, got {sizes}")
-    return sizes
-
-
-def prepare_lmdb(src_folder: str | os.PathLike, out: str | os.PathLike, sizes: str | Iterable[int] = (256,),
-                 resample: str = "bilinear", quality: int = 100, workers: int = 0, *, overwrite: bool = False,
-                 recursive: bool = True, progress: bool = True) -> int:
-    """Write the images under ``src_folder`` into a new CelebA-HQ style LMDB at ``out``; returns the image count.
-
-    Files are sorted by relative path and numbered 0..N-1; each is converted to RGB, resized to (s, s) for every
-    size with ``resample`` ("bilinear", the reference's default, or "lanczos"), encoded as JPEG at ``quality`` and
-    stored under ``"{s}-{i:05d}"``; ``"length"`` holds N. The LMDB is built in a hidden folder beside ``out`` and
-    renamed into place at the end, so an interrupted run leaves nothing under ``out``. ``workers`` > 0 encodes in
-    that many processes.
-    """
-    src, out = Path(src_folder), Path(out)
-    sizes = _parse_sizes(sizes)
-    if resample not in RESAMPLE_FILTERS:
-        raise DataError(f"resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {resample!r}")
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise DataError(f"quality must be an integer in 1..100, got {quality!r}")
-    if not src.is_dir():
-        raise DataError(f"source folder {src} " + ("is not a folder" if src.exists() else "does not exist"))
-    _check_replaceable(out, overwrite)
-    files = [src / rel for rel in _collect_images(src, recursive)]
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # os.mkdir (not mkdtemp) so the final folder gets the usual umask permissions rather than 0700.
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    os.mkdir(partial)
-    try:
-        _write_lmdb(partial, files, sizes, resample, quality, workers, progress)
-        _check_replaceable(out, overwrite)  # again: OUT may have appeared while we worked
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(out, old)
-            os.replace(partial, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(partial, out)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
-    return len(files)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", metavar="SRC", help="folder of jpg/jpeg/png/webp images (searched recursively; "
-                        "numbered in sorted path order)")
-    parser.add_argument("out", metavar="OUT", help="LMDB folder to create, e.g. data/celeba_hq/LMDB_test")
-    parser.add_argument("--size", default="256", help="comma-separated sizes to store (default: 256; "
-                        "the reference used 256,1024)")
-    parser.add_argument("--resample", choices=sorted(RESAMPLE_FILTERS), default="bilinear",
-                        help="resize filter (default: bilinear, as the reference)")
-    parser.add_argument("--quality", type=int, default=100, help="JPEG quality (default: 100, as the reference)")
-    parser.add_argument("--workers", type=int, default=0, help="encoding processes (default: 0, in this process)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing LMDB at OUT")
-
-
-def main(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings():  # restores the default display afterwards
-        # skipped files are reported as one plain line when found, not with Python's source-line decoration
-        warnings.showwarning = lambda message, *_: print(f"asyrp prepare-lmdb: warning: {message}", file=sys.stderr)
-        count = prepare_lmdb(args.src, args.out, sizes=args.size, resample=args.resample, quality=args.quality,
-                             workers=args.workers, overwrite=args.overwrite)
-    megabytes = (Path(args.out) / "data.mdb").stat().st_size / 2**20
-    print(f"wrote {count} images at size(s) {args.size} to {args.out} ({megabytes:.1f} MiB)")
-    return 0

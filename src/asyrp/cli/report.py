@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from asyrp.errors import UserError
-from asyrp.io import atomic_write_text
+from asyrp.io.files import atomic_write_text
 from asyrp.study.collect import collect_folders
 from asyrp.study.results import load_results, validate_results
 from asyrp.study.tables import build_tables, load_anchors, replace_blocks

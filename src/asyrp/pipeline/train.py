@@ -34,11 +34,11 @@ from tqdm.auto import tqdm
 
 from asyrp import config as C
 from asyrp import diffusion as D
-from asyrp import fast
+from asyrp.pipeline import fast
 from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit, resolve_texts
 from asyrp.errors import UserError
 from asyrp.clip_loss import set_clip_precision
-from asyrp.io import append_jsonl, atomic_json, atomic_torch_save, default_device
+from asyrp.io.files import append_jsonl, atomic_json, atomic_torch_save, default_device
 from asyrp.models.delta import DeltaBlockConfig, build_delta_block, load_delta_block, save_delta_block
 
 
@@ -90,12 +90,12 @@ class TrainConfig:
     accumulation_steps: int = 1            # sum gradients over k timesteps of a batch before a step
     shuffle: bool = False
     seed: int = 1234
-    # speed (see asyrp.fast and asyrp.bench); all exact restructurings except precision
+    # speed (see asyrp.pipeline.fast and asyrp.bench); all exact restructurings except precision
     precision: str = "fp32"                # fp32 | bf16 | fp16 (autocast for U-Net and CLIP; DDIM maths, loss in fp32)
     # bf16 only where P_t = (x_t − √(1−ᾱ)ε̃)/√ᾱ does not amplify ε's rounding error by more than this factor
     # (√((1−ᾱ)/ᾱ) is 157 at t = 999, 10 at t = 673): higher timesteps run in fp32 (TF32 on GPUs). fp16 runs every step.
     bf16_max_x0_gain: float = 10.0
-    fp16_loss_scale: float = 1024.0        # initial dynamic loss scale of fp16 training (asyrp.fast.make_grad_scaler)
+    fp16_loss_scale: float = 1024.0        # initial dynamic loss scale of fp16 training (asyrp.pipeline.fast.make_grad_scaler)
     fused_step: bool = False               # one encoder and one plain-decoder call on [x; chain] (2B), edit on x
     cache_source_embeddings: bool = True   # E_I(x0) is constant per image: encode it once per batch
     channels_last: bool = False
@@ -302,7 +302,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
 
     ``backbone`` (asyrp.backbones.Backbone), ``clip`` (a CLIPDirection-compatible encoder object with image size) and
     ``entries`` (cached inversions) are loaded from the config when not given. ``distributed`` is an
-    asyrp.distributed.Context for multi-process training (gradients all-reduced; rank 0 writes).
+    asyrp.pipeline.distributed.Context for multi-process training (gradients all-reduced; rank 0 writes).
     """
     cfg.validate()
     resolve_texts(cfg.attribute, cfg.src, cfg.trg)  # before loading any model: a typo fails fast
@@ -329,7 +329,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
         distributed.barrier()
 
     if entries is None:
-        from asyrp.inversion import InversionSettings, load_entries
+        from asyrp.pipeline.inversion import InversionSettings, load_entries
         entries = load_entries(backbone, cfg.data, cfg.n_images, cfg.cache_dir, cfg.split, cfg.image_start,
                                cfg.sample_seed, InversionSettings(cfg.n_inv_step, cfg.t_0), device=device,
                                progress=progress and is_main, distributed=distributed)
@@ -630,7 +630,7 @@ def main(args: argparse.Namespace) -> int:
     if args.weights_dir:
         from asyrp.backbones import load_clip_model
         clip = load_clip_model(cfg.clip_model or backbone.default_clip, weights_dir=args.weights_dir, device=device)
-    from asyrp.distributed import context_from_env
+    from asyrp.pipeline.distributed import context_from_env
     dist = context_from_env()
     path = train(cfg, args.out, backbone=backbone, clip=clip, resume=args.resume, distributed=dist)
     if dist is None or dist.rank == 0:

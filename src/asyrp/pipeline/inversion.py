@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from asyrp import diffusion as D
 from asyrp import sampling
 from asyrp.config import at_least
-from asyrp.io import atomic_torch_save, default_device
+from asyrp.io.files import atomic_torch_save, default_device
 
 CACHE_VERSION = 1
 
@@ -33,7 +33,7 @@ class InversionSettings:
 
 
 def default_cache_root() -> Path:
-    from asyrp.weights import asyrp_home
+    from asyrp.io.weights import asyrp_home
     return asyrp_home() / "inversions"
 
 
@@ -153,7 +153,7 @@ def load_entries(backbone, data: str, n: int, root: str | os.PathLike | None = N
                 fill(mine[0], len(mine), False)
             distributed.barrier()
         return fill(0, n, progress)
-    from asyrp.data import open_images
+    from asyrp.io.datasets import open_images
     dataset = open_images(data, backbone.unet.image_size, split=split, n=n, start=start)
     items = [dataset[i] for i in range(len(dataset))]
     if distributed is not None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from asyrp import config as C
-from asyrp import train as T
+from asyrp.pipeline import train as T
 from asyrp.bench.timing import TRAIN_MODES, format_table, run_benchmark
-from asyrp.io import default_device
+from asyrp.io.files import default_device
 
 def results_path(results_dir: str | Path, record: dict) -> Path:
     date = record["date"][:10]

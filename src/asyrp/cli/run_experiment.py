@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from asyrp.distributed import context_from_env
+from asyrp.pipeline.distributed import context_from_env
 from asyrp.study.families import STAGES, ExperimentError, load_family
 from asyrp.study.plan import plan
 from asyrp.study.runner import run_experiment

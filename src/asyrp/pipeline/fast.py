@@ -57,7 +57,7 @@ def resolve_compile(compile: bool | None, device: torch.device | str) -> bool:
 
 
 def compile_cache_dir() -> Path:
-    from asyrp.weights import asyrp_home
+    from asyrp.io.weights import asyrp_home
     return asyrp_home() / "compile"
 
 

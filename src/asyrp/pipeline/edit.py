@@ -25,15 +25,15 @@ from tqdm.auto import tqdm
 
 from asyrp import config as C
 from asyrp import diffusion as D
-from asyrp import fast
+from asyrp.pipeline import fast
 from asyrp import sampling
 from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit
 from asyrp.errors import UserError
 from asyrp.clip_loss import CLIPDirection
-from asyrp.io import atomic_json, default_device
+from asyrp.io.files import atomic_json, default_device
 from asyrp.models.delta import CheckpointError, DeltaBlockConfig, load_delta_block
 from asyrp.plots import folder_label, save_png, save_rows
-from asyrp.weights import MissingWeightsError, resolve_direction
+from asyrp.io.weights import MissingWeightsError, resolve_direction
 
 
 @dataclass
@@ -252,7 +252,7 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         elif out_dir.exists() and any(out_dir.iterdir()):
             raise UserError(f"output folder {out_dir} is not empty and holds no asyrp edit run; choose a new --out")
     if entries is None:
-        from asyrp.inversion import InversionSettings, load_entries
+        from asyrp.pipeline.inversion import InversionSettings, load_entries
         entries = load_entries(backbone, cfg.data, cfg.n_images, cfg.cache_dir, cfg.split, cfg.image_start,
                                cfg.sample_seed, InversionSettings(cfg.n_inv_step, cfg.t_0), cfg.batch_size, device,
                                progress and is_main, distributed=distributed)
@@ -321,7 +321,7 @@ def main(args: argparse.Namespace) -> int:
     if args.strength is not None:
         data["strengths"] = [args.strength]
     cfg = C.from_dict(EditConfig, data)
-    from asyrp.distributed import context_from_env
+    from asyrp.pipeline.distributed import context_from_env
     dist = context_from_env()
     record = edit(cfg, args.out, weights_dir=args.weights_dir, distributed=dist)
     if dist is None or dist.rank == 0:
