@@ -2,7 +2,7 @@
 
 Full-size models with random weights (nothing is downloaded): the FID InceptionV3 (pool3) and CLIP ViT-B/16
 (open_clip, QuickGELU). N random 256² images are written as original/, reconstructed/ and edited/ folders, then
-:func:`asyrp.metrics.evaluate_folders` runs once (models built once, batched passes, one read per folder) and the
+:func:`asyrp.pipeline.evaluate.evaluate_folders` runs once (models built once, batched passes, one read per folder) and the
 wall-clock time is printed with images/s. The timings are what the issue asks for ("1000 pairs in well under a
 minute on one GPU"); the numbers depend only on shapes, not on the weights.
 
@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="append the JSON result to this file")
     a = p.parse_args(argv)
 
-    from asyrp.metrics import build_fid_inception, evaluate_folders
+    from asyrp.models.inception import build_fid_inception
+    from asyrp.pipeline.evaluate import evaluate_folders
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -3,9 +3,8 @@ import cycles. Uses only ``ast`` (nothing is imported), prints the three lists a
 
     python scripts/check_architecture.py [SRC_ROOT]      # default: src next to this script's folder
 
-A CLI module is ``asyrp.cli``, ``asyrp.__main__``, a package's ``cli`` / ``cli_*`` module, or a thin entry module
-that only re-exports a command's ``configure_parser`` / ``main`` (see :func:`is_cli`); every other module is library,
-including the flat modules that still define their own command. Cycles are strongly connected components of the
+A CLI module is ``asyrp.cli`` or one of its modules (one per command), or ``asyrp.__main__``; every other module is
+library. Cycles are strongly connected components of the
 graph of asyrp → asyrp imports (every import statement,
 also those inside functions).
 """
@@ -54,17 +53,9 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return out
 
 
-def is_cli(name: str, path: Path) -> bool:
-    """``asyrp.cli``, ``asyrp.__main__``, a ``cli`` / ``cli_*`` module, or a thin entry module: nothing at its top
-    level but a docstring and imports, among them ``configure_parser`` and ``main``."""
-    last = name.rpartition(".")[2]
-    if name in ("asyrp.cli", "asyrp.__main__") or last == "cli" or last.startswith("cli_"):
-        return True
-    tree = ast.parse(path.read_text(), str(path))
-    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
-    imported = {a.asname or a.name for n in body if isinstance(n, ast.ImportFrom) for a in n.names}
-    return bool(body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body) \
-        and {"configure_parser", "main"} <= imported
+def is_cli(name: str) -> bool:
+    """The command line: ``asyrp.cli`` and its modules (one per command), and ``asyrp.__main__``."""
+    return name in ("asyrp.cli", "asyrp.__main__") or name.startswith("asyrp.cli.")
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -107,12 +98,10 @@ def analyse(src: Path) -> dict:
     modules = read_modules(src)
     graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
     lines = {name: len(path.read_text().splitlines()) for name, path in modules.items()}
-    cli = {name for name, path in modules.items() if is_cli(name, path)}
+    cli = {name for name in modules if is_cli(name)}
     return {
         "long": sorted(((n, k) for n, k in lines.items() if k > MAX_LINES), key=lambda x: -x[1]),
-        # a package may re-export its own command (asyrp.bench → asyrp.bench.cli: COMMANDS names the package)
-        "library_to_cli": sorted((n, t) for n in modules if n not in cli for t in graph[n]
-                                 if t in cli and t != f"{n}.cli"),
+        "library_to_cli": sorted((n, t) for n in modules if n not in cli for t in graph[n] if t in cli),
         "cycles": cycles(graph),
         "lines": lines,
         "cli": sorted(cli),

@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from asyrp import config as C
-from asyrp.app import (EXAMPLES, STRIP_STRENGTHS, AppError, Editor, configure_parser, first_editor,
-                       labelled_strip, parse_choices, released_directions, write_examples)
+from asyrp.app import (EXAMPLES, STRIP_STRENGTHS, AppError, Editor, first_editor, labelled_strip, parse_choices,
+                       released_directions, write_examples)
+from asyrp.cli.app import configure_parser
 from asyrp.cli import COMMANDS
 from asyrp.cli import main as cli_main
 from asyrp.pipeline.edit import EditConfig, settings_for

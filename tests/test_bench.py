@@ -127,7 +127,7 @@ def test_thin_script_and_bad_tasks(monkeypatch, capsys):
 
 
 def test_mode_configs_follow_the_presets():
-    from asyrp.pipeline.train import PRESETS
+    from asyrp.pipeline.train_config import PRESETS
     ref = bench.mode_config("reference")
     fast = bench.mode_config("fast", batch_size=9)
     for k, v in PRESETS["reference"].items():

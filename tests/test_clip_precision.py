@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from asyrp.clip_loss import CLIPDirection, set_clip_precision
-from asyrp.pipeline.train import PRESETS, TrainConfig
+from asyrp.pipeline.train_config import PRESETS, TrainConfig
 from conftest import tiny_clip
 
 

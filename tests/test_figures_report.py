@@ -50,7 +50,7 @@ def _relative(results: dict, base: Path) -> dict:
 def build_study(root: Path) -> dict:
     from asyrp.pipeline.edit import EditConfig, edit
     from asyrp.pipeline.inversion import InversionSettings, precompute_sampled
-    from asyrp.metrics import evaluate_run
+    from asyrp.pipeline.evaluate import evaluate_run
     from asyrp.models.delta import DeltaBlockConfig
     from asyrp.pipeline.train import TrainConfig, train
 

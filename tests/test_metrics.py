@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 from asyrp import clip_loss, metrics
+from asyrp.pipeline import evaluate
+from asyrp.models import inception
 from asyrp.cli import main as cli_main
 
 
@@ -27,7 +29,7 @@ def no_downloads(monkeypatch):
 
 @pytest.fixture(scope="module")
 def fid_net():
-    return metrics.build_fid_inception()
+    return inception.build_fid_inception()
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +47,13 @@ def make_run(root, n=4, size=32, seed=0):
     """original/, reconstructed/ (slightly perturbed), edited/ (shifted colours) with the same n PNG names."""
     rng = np.random.default_rng(seed)
     names = [f"img_{i:03d}.png" for i in range(n)]
-    for kind in metrics.FOLDERS:
+    for kind in evaluate.FOLDERS:
         (root / kind).mkdir(parents=True)
     for name in names:
         x = rng.integers(0, 256, (size, size, 3)).astype(np.int16)
         recon = np.clip(x + rng.integers(-10, 11, x.shape), 0, 255)
         edited = np.clip(x * 0.6 + np.array([90, 20, 0]), 0, 255)
-        for kind, img in zip(metrics.FOLDERS, (x, recon, edited)):
+        for kind, img in zip(evaluate.FOLDERS, (x, recon, edited)):
             Image.fromarray(img.astype(np.uint8)).save(root / kind / name)
     return names
 
@@ -155,36 +157,36 @@ def test_inception_features_uint8_float_and_png_agree(fid_net, tmp_path):
     rng = np.random.default_rng(4)
     u8 = rng.integers(0, 256, (1, 3, 24, 24), dtype=np.uint8)
     u8[0, :, :4, :4] = 250  # bright pixels: x * 255 in uint8 would wrap around, x / 255 must not
-    as_float = metrics._to_unit_float(torch.from_numpy(u8))
+    as_float = evaluate._to_unit_float(torch.from_numpy(u8))
     assert torch.equal(as_float, torch.from_numpy(u8).float() / 255)
-    assert torch.equal(metrics._to_unit_float(u8.transpose(0, 2, 3, 1)), as_float)  # channels-last numpy
+    assert torch.equal(evaluate._to_unit_float(u8.transpose(0, 2, 3, 1)), as_float)  # channels-last numpy
     png = tmp_path / "0.png"
     Image.fromarray(u8[0].transpose(1, 2, 0)).save(png)
-    f_u8 = metrics.inception_features(torch.from_numpy(u8), model=fid_net, device="cpu")
-    f_float = metrics.inception_features(torch.from_numpy(u8).float() / 255, model=fid_net, device="cpu")
-    f_png = metrics.inception_features([str(png)], model=fid_net, device="cpu")
+    f_u8 = evaluate.inception_features(torch.from_numpy(u8), model=fid_net, device="cpu")
+    f_float = evaluate.inception_features(torch.from_numpy(u8).float() / 255, model=fid_net, device="cpu")
+    f_png = evaluate.inception_features([str(png)], model=fid_net, device="cpu")
     assert f_u8.shape == (1, 2048) and f_u8.dtype == np.float64
     assert np.abs(f_u8).max() > 1e-3  # random weights keep O(1) features, so agreement is meaningful
     np.testing.assert_allclose(f_float, f_u8, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(f_png, f_u8)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        metrics.inception_features(torch.from_numpy(u8).float() / 127.5 - 1, model=fid_net, device="cpu")
+        evaluate.inception_features(torch.from_numpy(u8).float() / 127.5 - 1, model=fid_net, device="cpu")
 
 
 def test_inception_weights_load_strictly_and_wrong_files_fail_in_one_line(tmp_path):
-    reference = metrics.build_fid_inception(seed=1)
+    reference = inception.build_fid_inception(seed=1)
     state = reference.state_dict()
-    good = tmp_path / metrics.FID_WEIGHTS_FILE
+    good = tmp_path / inception.FID_WEIGHTS_FILE
     torch.save(state, good)
-    loaded = metrics.load_fid_inception(good)
+    loaded = inception.load_fid_inception(good)
     for key in ("Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.conv.weight", "fc.weight"):
         assert torch.equal(loaded.state_dict()[key], state[key])
-    assert metrics.FID_WEIGHTS_FILE in loaded.name
+    assert inception.FID_WEIGHTS_FILE in loaded.name
 
     # the original file predates BatchNorm's num_batches_tracked: it must still load strictly
     legacy = tmp_path / "legacy.pth"
     torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, legacy)
-    metrics.load_fid_inception(legacy)
+    inception.load_fid_inception(legacy)
 
     wrong = tmp_path / "wrong.pth"
     torch.save(torch.nn.Linear(3, 4).state_dict(), wrong)
@@ -193,11 +195,11 @@ def test_inception_weights_load_strictly_and_wrong_files_fail_in_one_line(tmp_pa
     bad_shape = tmp_path / "bad_shape.pth"
     torch.save({**state, "fc.weight": torch.zeros(10, 2048)}, bad_shape)
     for path, pattern in ((wrong, "missing keys"), (not_torch, "could not be read"), (bad_shape, "shape mismatch")):
-        with pytest.raises(metrics.InceptionWeightsError, match=pattern) as err:
-            metrics.load_fid_inception(path)
+        with pytest.raises(inception.InceptionWeightsError, match=pattern) as err:
+            inception.load_fid_inception(path)
         assert "\n" not in str(err.value) and str(path) in str(err.value)
     with pytest.raises(FileNotFoundError):
-        metrics.load_fid_inception(tmp_path / "absent.pth")
+        inception.load_fid_inception(tmp_path / "absent.pth")
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -210,7 +212,7 @@ def test_evaluate_run_end_to_end(tmp_path, fid_net, tiny_clip):
     groups.write_text("image,group\n" + "".join(f"{n},{'a' if i < 2 else 'b'}\n" for i, n in enumerate(names)))
 
     with pytest.warns(metrics.SmallSampleFIDWarning):
-        result = metrics.evaluate_run(run, clip_encoder=tiny_clip, inception_model=fid_net, src_text="face",
+        result = evaluate.evaluate_run(run, clip_encoder=tiny_clip, inception_model=fid_net, src_text="face",
                                       trg_text="smiling face", groups=groups, kid_subsets=5, device="cpu")
     saved = json.loads((run / "eval.json").read_text(),
                        parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
@@ -235,7 +237,7 @@ def test_evaluate_run_end_to_end(tmp_path, fid_net, tiny_clip):
     # S_dir: per image, each edited image against its own source, equal to CLIPDirection's own computation
     direction = clip_loss.CLIPDirection(tiny_clip, "face", "smiling face", templates=True, antialias=True,
                                         image_size=32)
-    load = lambda kind: metrics._to_unit_float(metrics.load_images_uint8([run / kind / n for n in names])) * 2 - 1
+    load = lambda kind: evaluate._to_unit_float(evaluate.load_images_uint8([run / kind / n for n in names])) * 2 - 1
     for source in ("original", "reconstructed"):
         expected = direction.similarity(load(source), load("edited")).double().numpy()
         np.testing.assert_allclose(saved["per_image"][f"s_dir_{source}"], expected, atol=1e-5)
@@ -264,13 +266,13 @@ def test_evaluate_run_end_to_end(tmp_path, fid_net, tiny_clip):
 def test_single_prompt_mode_is_recorded_and_matches_directional_similarity(tmp_path, tiny_clip):
     run = tmp_path / "run"
     names = make_run(run, n=3, seed=1)
-    result = metrics.evaluate_folders(run / "original", run / "edited", src_text="face", trg_text="smiling face",
+    result = evaluate.evaluate_folders(run / "original", run / "edited", src_text="face", trg_text="smiling face",
                                       clip_encoder=tiny_clip, prompt_mode="single", fid=False, device="cpu")
     assert result["settings"]["prompt_mode"] == "single" and result["settings"]["n_templates"] is None
     assert {m["metric"] for m in result["metrics"]} == {"s_dir", "directional_clip_loss"}
     assert all(m["prompt_mode"] == "single" and m["source"] == "original" for m in result["metrics"])
     with torch.no_grad():
-        imgs = {k: metrics._to_unit_float(metrics.load_images_uint8([run / k / n for n in names])) * 2 - 1
+        imgs = {k: evaluate._to_unit_float(evaluate.load_images_uint8([run / k / n for n in names])) * 2 - 1
                 for k in ("original", "edited")}
         emb = {k: tiny_clip.encode_image(clip_loss.clip_preprocess(v, 32, antialias=True)) for k, v in imgs.items()}
         txt = tiny_clip.encode_text(["face", "smiling face"])
@@ -283,8 +285,8 @@ def test_unpaired_names_give_one_line_errors(tmp_path, capsys):
     make_run(run, n=3)
     (run / "edited" / "img_001.png").rename(run / "edited" / "img_001_x.png")
     (run / "reconstructed" / "img_002.png").unlink()
-    with pytest.raises(metrics.PairingError) as err:
-        metrics.pair_images(run / "original", run / "edited", run / "reconstructed")
+    with pytest.raises(evaluate.PairingError) as err:
+        evaluate.pair_images(run / "original", run / "edited", run / "reconstructed")
     message = str(err.value)
     assert "\n" not in message and "img_001_x.png" in message and "img_001.png" in message
     assert "img_002.png" in message and "img_000.png" not in message
@@ -298,32 +300,32 @@ def test_unpaired_names_give_one_line_errors(tmp_path, capsys):
     edited.mkdir()
     for n in ("img_000", "img_001", "img_002"):
         (edited / f"{n}_s1.0.png").write_bytes((run / "original" / f"{n}.png").read_bytes())
-    names, paths = metrics.pair_images(run / "original", edited, edited_suffix="_s1.0")
+    names, paths = evaluate.pair_images(run / "original", edited, edited_suffix="_s1.0")
     assert names == ["img_000.png", "img_001.png", "img_002.png"]
     assert [p.name for p in paths["edited"]] == ["img_000_s1.0.png", "img_001_s1.0.png", "img_002_s1.0.png"]
-    with pytest.raises(metrics.PairingError):
-        metrics.pair_images(run / "original", edited)
+    with pytest.raises(evaluate.PairingError):
+        evaluate.pair_images(run / "original", edited)
 
 
 def test_groups_csv_errors(tmp_path):
     csv_path = tmp_path / "g.csv"
     csv_path.write_text("img_000.png,a\nimg_001,b\nimg_999.png,b\n")
     with pytest.raises(ValueError, match="img_999.png"):
-        metrics.read_groups(csv_path, ["img_000.png", "img_001.png"])
+        evaluate.read_groups(csv_path, ["img_000.png", "img_001.png"])
     csv_path.write_text("img_000.png,a\nimg_001,b\n")  # no header; stems match too
-    assert metrics.read_groups(csv_path, ["img_000.png", "img_001.png"]) == {"a": [0], "b": [1]}
+    assert evaluate.read_groups(csv_path, ["img_000.png", "img_001.png"]) == {"a": [0], "b": [1]}
 
 
 def test_cli_evaluate_with_attribute(tmp_path, monkeypatch, capsys, tiny_clip):
     run = tmp_path / "run"
     make_run(run, n=2, seed=2)
-    weights = tmp_path / metrics.FID_WEIGHTS_FILE
+    weights = tmp_path / inception.FID_WEIGHTS_FILE
     monkeypatch.setattr(metrics, "load_clip", lambda name, *a, **k: tiny_clip)
     # the CLI wiring is under test here (weights loading has its own test): a cheap stand-in for the Inception
     loaded = []
 
     class StandIn(torch.nn.Module):
-        name = f"stand-in ({metrics.FID_WEIGHTS_FILE})"
+        name = f"stand-in ({inception.FID_WEIGHTS_FILE})"
 
         def forward(self, x):
             return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1).repeat(1, 43)[:, :2048]
@@ -343,7 +345,7 @@ def test_cli_evaluate_with_attribute(tmp_path, monkeypatch, capsys, tiny_clip):
     saved = json.loads(out.read_text())
     assert saved["settings"]["src_text"] == "face" and saved["settings"]["trg_text"] == "smiling face"
     assert saved["settings"]["prompt_mode"] == "single"
-    assert loaded == [str(weights)] and metrics.FID_WEIGHTS_FILE in saved["settings"]["inception"]
+    assert loaded == [str(weights)] and inception.FID_WEIGHTS_FILE in saved["settings"]["inception"]
     assert {m["metric"] for m in saved["metrics"]} == {"s_dir", "directional_clip_loss", "fid", "kid"}
     assert "wrote" in capsys.readouterr().out
 
@@ -363,14 +365,14 @@ def test_network_matches_pytorch_fid_wrapper(fid_net, monkeypatch):
 
 def test_default_eval_path_and_run_record(tmp_path):
     run = tmp_path / "run"
-    assert metrics.default_eval_path(run) == run / "eval.json"
-    assert metrics.default_eval_path(run, run / "edited") == run / "eval.json"
-    assert metrics.default_eval_path(run, run / "edited_s+1.00") == run / "eval_edited_s+1.00.json"
-    assert metrics.default_eval_path(run, None, "_smiling") == run / "eval_edited_smiling.json"
+    assert evaluate.default_eval_path(run) == run / "eval.json"
+    assert evaluate.default_eval_path(run, run / "edited") == run / "eval.json"
+    assert evaluate.default_eval_path(run, run / "edited_s+1.00") == run / "eval_edited_s+1.00.json"
+    assert evaluate.default_eval_path(run, None, "_smiling") == run / "eval_edited_smiling.json"
     run.mkdir()
     settings = [{"label": "s+0.50", "folder": "edited_s+0.50"}, {"label": "s+1.00", "folder": "edited_s+1.00"}]
     (run / "edit.json").write_text(json.dumps({"config": {"strengths": [0.5, 1.0]}, "settings": settings}))
-    record = metrics._run_config(run, run / "edited_s+1.00")
+    record = evaluate._run_config(run, run / "edited_s+1.00")
     assert record["config_file"] == "edit.json" and record["setting"] == settings[1]
 
 

@@ -17,7 +17,8 @@ from asyrp.clip_loss import CLIPDirection
 from asyrp.pipeline.edit import EditConfig, edit
 from asyrp.models.delta import build_delta_block
 from asyrp.models.unet import DDPMUNet
-from asyrp.pipeline.train import TrainConfig, resolve_run, train
+from asyrp.pipeline.run_record import resolve_training
+from asyrp.pipeline.train import TrainConfig, train
 from conftest import FIXTURES, tiny_backbone, tiny_clip
 
 # h = 512 × 8 × 8 and temb 512 like CelebA-HQ, at 16 px: the released directions fit it
@@ -57,7 +58,7 @@ def test_free_text_run_gets_t_edit_and_t_boost_from_the_lpips_tables(tmp_path):
 
 def test_the_original_defaults_and_other_thresholds():
     bb = _celeba_like(tiny_backbone())
-    res = resolve_run(TrainConfig(src="face", trg="smiling face", lpips_boost_table="x0_t", lpips_boost_th=0.1),
+    res = resolve_training(TrainConfig(src="face", trg="smiling face", lpips_boost_table="x0_t", lpips_boost_th=0.1),
                       bb, _Cosine(0.9))
     assert (res.t_edit, res.t_edit_source) == (514, "LPIPS table (celeba, x0_t, threshold 0.33 × cos 0.9000)")
     assert (res.t_boost, res.t_boost_source) == (193, "LPIPS table (celeba, x0_t, threshold 0.1)")
@@ -65,17 +66,17 @@ def test_the_original_defaults_and_other_thresholds():
 
 def test_the_attribute_table_wins_and_the_flag_wins_over_it():
     bb = _celeba_like(tiny_backbone())
-    res = resolve_run(TrainConfig(attribute="smiling"), bb, _Cosine(0.5))
+    res = resolve_training(TrainConfig(attribute="smiling"), bb, _Cosine(0.5))
     assert (res.t_edit, res.t_edit_source, res.t_boost, res.t_boost_source) == \
         (513, "attribute table", 167, "attribute table")
-    res = resolve_run(TrainConfig(attribute="smiling", t_edit=600, t_boost=200), bb, _Cosine(0.5))
+    res = resolve_training(TrainConfig(attribute="smiling", t_edit=600, t_boost=200), bb, _Cosine(0.5))
     assert (res.t_edit, res.t_edit_source, res.t_boost, res.t_boost_source) == (600, "flag/config", 200, "flag/config")
-    res = resolve_run(TrainConfig(attribute="makeup"), bb, _Cosine(0.8))  # no table values: both from LPIPS
+    res = resolve_training(TrainConfig(attribute="makeup"), bb, _Cosine(0.8))  # no table values: both from LPIPS
     assert (res.t_edit, res.t_boost) == (489, 167)
 
 
 def test_a_backbone_without_lpips_table_records_why_boosting_is_off():
-    res = resolve_run(TrainConfig(src="a", trg="b", t_edit=400), tiny_backbone(), _Cosine(0.9))
+    res = resolve_training(TrainConfig(src="a", trg="b", t_edit=400), tiny_backbone(), _Cosine(0.9))
     assert res.t_boost is None
     assert res.t_boost_source == "off: backbone 'tiny' has no LPIPS table (give --t-boost to boost)"
 

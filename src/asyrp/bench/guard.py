@@ -18,12 +18,16 @@ import torch
 
 from asyrp import diffusion as D
 from asyrp import sampling
+from asyrp.pipeline.fast import autocast
 from asyrp.pipeline import train as T
+from asyrp.pipeline.run_record import resolve_training, table_times
+from asyrp.pipeline.train_config import PRESETS, step_precision
 from asyrp.backbones import Backbone
 from asyrp.models.delta import DeltaBlockConfig, load_delta_block, save_delta_block
 
 ATTRIBUTE = "smiling"   # the attribute table gives t_edit 513, t_boost 167, λ_CLIP 0.8
-T_EDIT, T_BOOST, T_0 = 513, 167, 999
+T_EDIT, T_BOOST = table_times(ATTRIBUTE)
+T_0 = 999
 
 SPEED_FIELDS = ("precision", "batch_size", "l1_reference", "fused_step", "cache_source_embeddings", "channels_last",
                 "compile", "compile_mode", "tf32")
@@ -46,7 +50,7 @@ def mode_config(mode: str, batch_size: int | None = None, compile: bool | None =
     ``compile`` (None: the preset's) and any other field."""
     base = dict(attribute=ATTRIBUTE, t_edit=T_EDIT, t_boost=T_BOOST, t_0=T_0, n_train_step=40,
                 device=str(device) if device is not None else None)
-    data = {**base, **T.PRESETS[mode]}
+    data = {**base, **PRESETS[mode]}
     if batch_size is not None:
         data["batch_size"] = batch_size
     if compile is not None:
@@ -177,7 +181,7 @@ def numerical_guard(unet, encoder, clip_size: int, *, device=None, batch_size: i
     recon = {}
     for name, cfg in (("reference", ref_cfg), ("fast", fast_cfg)):
         T.apply_speed_settings(cfg, unet, device)
-        with torch.no_grad(), T.autocast(device, cfg.precision):
+        with torch.no_grad(), autocast(device, cfg.precision):
             x_T = sampling.invert(unet, x0, alphas, n_inv_step, inversion_t_0)
             x_rec = sampling.generate(unet, x_T, alphas, n_inv_step, inversion_t_0)
         recon[name] = (x_T.float(), rel_err(x_rec.float(), x0))
@@ -193,7 +197,7 @@ def numerical_guard(unet, encoder, clip_size: int, *, device=None, batch_size: i
 
     # --- one initial block for both modes, its edit above the precision's resolution --------------------------------
     direction = T.make_direction(encoder, clip_size, ref_cfg, device)
-    res = T.resolve_run(ref_cfg, backbone, direction)
+    res = resolve_training(ref_cfg, backbone, direction)
     t_first = res.training_steps[0][0]
     f0 = T.init_block(ref_cfg, DeltaBlockConfig.from_dict(res.delta), device).eval()
     reported["edit_size_as_built"] = _edit_size(unet, f0, x_T, t_first, device)
@@ -218,7 +222,7 @@ def numerical_guard(unet, encoder, clip_size: int, *, device=None, batch_size: i
             x = x_T.contiguous(memory_format=torch.channels_last) if s.cfg.channels_last else x_T
             outs = []
             for t in (t_first, T_EDIT):  # in the precision training uses at t
-                with torch.no_grad(), T.autocast(device, T.step_precision(s.cfg, t)):
+                with torch.no_grad(), autocast(device, step_precision(s.cfg, t)):
                     eps, eps_edit, _, _ = unet.forward_edit(x, torch.full((batch_size,), float(t), device=device),
                                                             s.block, T_EDIT)
                 outs.append((eps.float(), eps_edit.float()))

@@ -49,7 +49,9 @@ import torch
 from asyrp import diffusion as D
 from asyrp.pipeline import fast as F
 from asyrp import sampling
+from asyrp.pipeline import fast
 from asyrp.pipeline import train as T
+from asyrp.pipeline.run_record import resolve_training
 from asyrp.bench.flops import FLOPS_COUNTED, bf16_peak_tflops, edit_flops_per_image, train_flops_per_image
 from asyrp.bench.guard import (ATTRIBUTE, T_0, T_BOOST, T_EDIT, mode_config, numerical_guard, random_images,
                                speed_switches)
@@ -70,7 +72,7 @@ def edit_images(unet, x0: torch.Tensor, delta, alphas: torch.Tensor, indices, pr
     image gets the same edit in any batch. ``delta`` is a block or ``sampling.DeltaSum``; under ``precision="bf16"``
     both samplers run in bf16 autocast (the DDIM maths stays fp32, as in asyrp.pipeline.edit).
     """
-    with T.autocast(x0.device, precision):
+    with fast.autocast(x0.device, precision):
         x_T = sampling.invert(unet, x0, alphas, n_inv_step, t_0)
         edited = sampling.generate(unet, x_T, alphas, n_test_step, t_0, delta=delta, t_edit=t_edit, t_boost=t_boost,
                                    noise_generators=sampling.image_generators(seed, indices))
@@ -276,7 +278,7 @@ def run_benchmark(tiny: bool = False, device=None, train_batch: int = 9, edit_ba
         if "fast" in tr and "reference" in tr:
             tr["ratio_batch1"] = _ratio(tr["fast"], tr["reference"])
     if "edit" in tasks:
-        res = T.resolve_run(configs["reference"], models.backbone, direction)
+        res = resolve_training(configs["reference"], models.backbone, direction)
         block = T.init_block(configs["reference"], DeltaBlockConfig.from_dict(res.delta), device).eval()
         record["edit"] = {}
         edit_modes = {"reference": ("fp32", 1, False), "fast": ("fp16", edit_batch, edit_compile)}

@@ -28,17 +28,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("asyrp.demo", "run the whole method end to end (default: the offline shapes world, no download)"),
     "download": ("asyrp.cli.download", "download and verify weights (DDPM, CLIP, Inception, official directions)"),
     "prepare-lmdb": ("asyrp.cli.prepare_lmdb", "build a CelebA-HQ style LMDB from an image folder"),
-    "precompute": ("asyrp.pipeline.inversion", "DDIM-invert images once into the inversion cache"),
-    "train": ("asyrp.pipeline.train", "train a direction (delta block) for an attribute"),
-    "edit": ("asyrp.pipeline.edit", "edit images with one or several trained directions"),
-    "evaluate": ("asyrp.metrics", "S_dir, FID and KID of an edit run"),
+    "precompute": ("asyrp.cli.precompute", "DDIM-invert images once into the inversion cache"),
+    "train": ("asyrp.cli.train", "train a direction (delta block) for an attribute"),
+    "edit": ("asyrp.cli.edit", "edit images with one or several trained directions"),
+    "evaluate": ("asyrp.cli.evaluate", "S_dir, FID and KID of an edit run"),
     "figures": ("asyrp.cli.figures", "regenerate the report's figures from saved runs"),
     "report": ("asyrp.cli.report", "regenerate the report's Markdown tables from result JSONs"),
     "run-experiment": ("asyrp.cli.run_experiment", "train → edit → evaluate every run of an experiment family"),
     "train-backbone": ("asyrp.worlds.train_backbone", "train the tiny DDPM of the shapes world"),
     "train-clip": ("asyrp.worlds.train_clip", "train the tiny CLIP of the shapes world"),
     "bench": ("asyrp.cli.bench", "benchmark training and editing: reference vs fast mode"),
-    "app": ("asyrp.app", "an editor in the browser: pick an image, directions and strengths, see the edit"),
+    "app": ("asyrp.cli.app", "an editor in the browser: pick an image, directions and strengths, see the edit"),
 }
 
 

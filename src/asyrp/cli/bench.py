@@ -22,8 +22,6 @@ def results_path(results_dir: str | Path, record: dict) -> Path:
     return Path(results_dir) / f"{date}_{gpu}.jsonl"
 
 
-
-
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true", help="reduced U-Net and tiny CLIP: the same code in seconds on a CPU")
     p.add_argument("--device", help="cuda / cpu (default: CUDA when present)")

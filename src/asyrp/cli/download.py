@@ -10,9 +10,6 @@ from asyrp.io import weights as registry
 from asyrp.io.weights import ChecksumError, MissingWeightsError
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# CLI: asyrp download
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help="registry names (e.g. ddpm-celeba-hq, clip-ViT-B/32, inception-fid, asyrp-smiling)")

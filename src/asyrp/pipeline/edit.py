@@ -13,9 +13,8 @@ sweep or an interpolation — plus ``grid.png`` and ``edit.json`` (every setting
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -27,11 +26,11 @@ from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp.pipeline import fast
 from asyrp import sampling
-from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit
 from asyrp.errors import UserError
 from asyrp.clip_loss import CLIPDirection
 from asyrp.io.files import atomic_json, default_device
 from asyrp.models.delta import CheckpointError, DeltaBlockConfig, load_delta_block
+from asyrp.pipeline.run_record import read_direction, resolve_edit_times
 from asyrp.plots import folder_label, save_png, save_rows
 from asyrp.io.weights import MissingWeightsError, resolve_direction
 
@@ -95,11 +94,6 @@ def parse_delta_config(text: str | None) -> DeltaBlockConfig | None:
     return DeltaBlockConfig.from_dict(values)
 
 
-def _official_name(path: Path) -> tuple[str | None, int | None]:
-    m = re.match(r"(.+?)_LC_.*_ngen(\d+)_\d+\.pth$", path.name)
-    return (m.group(1), int(m.group(2))) if m else (None, None)
-
-
 def load_direction(spec: str, backbone, cfg: EditConfig, weights_dir: str | None = None) -> Direction:
     path = resolve_direction(spec, weights_dir)
     block, meta = load_delta_block(path, config=parse_delta_config(cfg.delta_config), return_meta=True)
@@ -112,27 +106,8 @@ def load_direction(spec: str, backbone, cfg: EditConfig, weights_dir: str | None
     if meta.get("backbone_sha256") and meta["backbone_sha256"] != backbone.fingerprint:
         raise CheckpointError(f"{path}: trained on backbone {meta['backbone_sha256'][:12]}…, not on this one "
                               f"({backbone.fingerprint[:12]}…); edit with the backbone it was trained on")
-    attr, n_train = meta.get("attribute"), meta.get("n_train_step")
-    if meta.get("source_format") == "legacy":
-        attr, n_train = _official_name(path)
-    entry = attribute_table().get(attr)
-    n_train = cfg.n_train_step or n_train
-    if n_train is None:
-        raise UserError(f"{path}: the checkpoint does not say how many training steps it used; give --n-train-step")
-    t_edit, t_edit_source = _stored_timestep(meta, entry, "t_edit")
-    t_boost, t_boost_source = _stored_timestep(meta, entry, "t_boost")
-    return Direction(block.to(default_device(cfg.device)).eval(), str(path), attr, int(n_train), t_edit, t_boost,
-                     t_edit_source, t_boost_source, meta.get("src") or (entry.src if entry else None),
-                     meta.get("trg") or (entry.trg if entry else None))
-
-
-def _stored_timestep(meta: dict, entry, key: str) -> tuple[int | None, str]:
-    """(value, source) of t_edit / t_boost from a checkpoint's meta, else the attribute table, else (None, "")."""
-    if meta.get(key) is not None:
-        return int(meta[key]), f"checkpoint ({meta.get(key + '_source') or 'as trained'})"
-    if entry is not None and getattr(entry, key) is not None:
-        return int(getattr(entry, key)), "attribute table"
-    return None, ""
+    record = read_direction(meta, path, cfg.n_train_step)
+    return Direction(block.to(default_device(cfg.device)).eval(), str(path), **dataclasses.asdict(record))
 
 
 def choose_timesteps(cfg: EditConfig, directions: list[Direction], backbone, weights_dir: str | None = None,
@@ -145,32 +120,8 @@ def choose_timesteps(cfg: EditConfig, directions: list[Direction], backbone, wei
     text cosine. t_boost: --t-boost, else the first direction's, else the backbone's LPIPS table (off, with the reason,
     for a backbone without one, and with --no-boost).
     """
-    if cfg.t_edit is not None:
-        t_edit, t_edit_source = int(cfg.t_edit), "flag/config"
-    else:
-        chosen = []
-        for d in directions:
-            if d.t_edit is None:
-                if not (d.src and d.trg):
-                    raise UserError(f"{d.path}: no t_edit in the checkpoint or the attribute table and no texts to "
-                                    "derive it from; give --t-edit")
-                if backbone.lpips_domain is None:
-                    raise UserError(f"{d.path}: no t_edit in the checkpoint or the attribute table, and backbone "
-                                    f"{backbone.name!r} has no LPIPS table to derive it from; give --t-edit")
-                d.t_edit, d.t_edit_source = choose_t_edit(
-                    None, None, lambda d=d: _text_cosine(d, backbone, weights_dir, device), backbone.lpips_domain,
-                    cfg.lpips_edit_th)
-            chosen.append((d.t_edit, d.t_edit_source))
-        t_edit, t_edit_source = max(chosen, key=lambda c: c[0])
-    stored = next((d for d in directions if d.t_boost is not None), None)
-    if cfg.t_boost is None and stored is not None:
-        t_boost, t_boost_source = stored.t_boost, stored.t_boost_source
-    else:
-        t_boost, t_boost_source = choose_t_boost(cfg.t_boost, None, backbone, cfg.lpips_boost_th,
-                                                 cfg.lpips_boost_table)
-    if not cfg.boost:
-        t_boost, t_boost_source = None, "off: --no-boost"
-    return {"t_edit": t_edit, "t_edit_source": t_edit_source, "t_boost": t_boost, "t_boost_source": t_boost_source}
+    return resolve_edit_times(cfg, directions, [d.path for d in directions], backbone,
+                              lambda i: _text_cosine(directions[i], backbone, weights_dir, device))
 
 
 def _text_cosine(direction: Direction, backbone, weights_dir: str | None, device) -> float:
@@ -296,36 +247,3 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         record["grid_columns"] = folders
         atomic_json(out_dir / "edit.json", record)
     return record
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI: asyrp edit
-# --------------------------------------------------------------------------------------------------
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder (original/, reconstructed/, edited*/, grid.png)")
-    p.add_argument("--direction", action="append", dest="direction_list", metavar="CKPT",
-                   help="a delta checkpoint: a path, a weights name (asyrp-smiling) or a file name in the weights "
-                        "folders (repeat for several attributes at once)")
-    p.add_argument("--strength", type=float, help="one edit strength (default 1)")
-    p.add_argument("--config", help="YAML of EditConfig fields")
-    p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")
-    C.add_arguments(p, EditConfig, skip=("directions",))
-
-
-def main(args: argparse.Namespace) -> int:
-    data = C.load_yaml(args.config)
-    data.update(C.overrides_from_args(EditConfig, args))
-    if args.direction_list:
-        data["directions"] = args.direction_list
-    if args.strength is not None:
-        data["strengths"] = [args.strength]
-    cfg = C.from_dict(EditConfig, data)
-    from asyrp.pipeline.distributed import context_from_env
-    dist = context_from_env()
-    record = edit(cfg, args.out, weights_dir=args.weights_dir, distributed=dist)
-    if dist is None or dist.rank == 0:
-        print(f"edited {len(record['images'])} images × {len(record['settings'])} settings into {args.out}")
-    if dist is not None:
-        dist.close()
-    return 0

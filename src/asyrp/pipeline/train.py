@@ -21,12 +21,9 @@ settings, ends with the same weights as an uninterrupted run), ``delta_epoch<k>.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,172 +32,17 @@ from tqdm.auto import tqdm
 from asyrp import config as C
 from asyrp import diffusion as D
 from asyrp.pipeline import fast
-from asyrp.attributes import attribute_table, choose_t_boost, choose_t_edit, resolve_texts
 from asyrp.errors import UserError
 from asyrp.clip_loss import set_clip_precision
 from asyrp.io.files import append_jsonl, atomic_json, atomic_torch_save, default_device
 from asyrp.models.delta import DeltaBlockConfig, build_delta_block, load_delta_block, save_delta_block
-
-
-@dataclass
-class TrainConfig:
-    # what to learn
-    attribute: str | None = None          # a name of the attribute table, or None with src/trg
-    src: str | None = None
-    trg: str | None = None
-    # models
-    backbone: str = "celeba-hq"
-    clip_model: str | None = None         # None: the backbone's default (ViT-B/16 for CelebA-HQ, as the reference)
-    clip_templates: bool = True           # 79 ImageNet templates for the text direction
-    clip_antialias: bool = False          # the reference resized without antialiasing
-    clip_precision: str = "fp32"          # fp32 | fp16 (the original's clip.load on a GPU); the reference preset: fp32
-    # data: cached inversions of a folder / LMDB, or images sampled from the backbone
-    data: str = "sampled"
-    split: str | None = None
-    n_images: int = 100
-    image_start: int = 0
-    sample_seed: int = 0
-    cache_dir: str | None = None
-    # schedule
-    t_0: int = 999
-    n_inv_step: int = 40
-    n_train_step: int = 40
-    t_edit: int | None = None             # None: attribute table, else LPIPS table × text cosine
-    t_boost: int | None = None            # None: attribute table, else the backbone's LPIPS table (previews, edits)
-    lpips_edit_th: float = 0.33
-    lpips_boost_th: float = D.BOOST_LPIPS_TH     # automatic t_boost: first t whose LPIPS reaches this
-    lpips_boost_table: str = D.BOOST_LPIPS_TABLE  # "x" = LPIPS(x_t, x0) (167 on CelebA), "x0_t" (original default 0.1)
-    # the block
-    delta: DeltaBlockConfig | None = None  # channels / spatial size / temb width come from the backbone
-    init_from: str | None = None           # transfer learning: start from another direction's weights
-    ignore_timestep: bool = False
-    # loss
-    clip_weight: float | None = None       # None: the attribute table's value, else 1.0 (reference scripts)
-    l1_weight: float = 3.0
-    l1_reference: str = "chain"            # "chain" (reference code) or "same_xt" (paper; no extra U-Net pass)
-    # optimisation
-    optimizer: str = "sgd"                 # sgd | adamw
-    lr: float = 0.5
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    scheduler_step: int = 0                # StepLR step in epochs (0: constant learning rate)
-    scheduler_gamma: float = 1.0
-    epochs: int = 1
-    batch_size: int = 1
-    accumulation_steps: int = 1            # sum gradients over k timesteps of a batch before a step
-    shuffle: bool = False
-    seed: int = 1234
-    # speed (see asyrp.pipeline.fast and asyrp.bench); all exact restructurings except precision
-    precision: str = "fp32"                # fp32 | bf16 | fp16 (autocast for U-Net and CLIP; DDIM maths, loss in fp32)
-    # bf16 only where P_t = (x_t − √(1−ᾱ)ε̃)/√ᾱ does not amplify ε's rounding error by more than this factor
-    # (√((1−ᾱ)/ᾱ) is 157 at t = 999, 10 at t = 673): higher timesteps run in fp32 (TF32 on GPUs). fp16 runs every step.
-    bf16_max_x0_gain: float = 10.0
-    fp16_loss_scale: float = 1024.0        # initial dynamic loss scale of fp16 training (asyrp.pipeline.fast.make_grad_scaler)
-    fused_step: bool = False               # one encoder and one plain-decoder call on [x; chain] (2B), edit on x
-    cache_source_embeddings: bool = True   # E_I(x0) is constant per image: encode it once per batch
-    channels_last: bool = False
-    compile: bool | None = False           # torch.compile the U-Net's encoder and decoder (None: on CUDA only)
-    compile_mode: str = "default"          # default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
-    tf32: bool = True                      # TF32 matmuls on GPUs (cuDNN convolutions use TF32 by PyTorch default)
-    # bookkeeping
-    log_every: int = 1                     # flush the JSONL log every k steps (every step is logged)
-    preview_every: int = 0                 # write a preview every k batches (0: off)
-    checkpoint_every: int = 1              # write checkpoints/last.pt every k batches
-    device: str | None = None
-
-    def validate(self) -> None:
-        for name, value, allowed in (("optimizer", self.optimizer, ("sgd", "adamw")),
-                                     ("l1_reference", self.l1_reference, ("chain", "same_xt")),
-                                     ("precision", self.precision, fast.PRECISIONS),
-                                     ("compile_mode", self.compile_mode, fast.COMPILE_MODES),
-                                     ("lpips_boost_table", self.lpips_boost_table, ("x", "x0_t")),
-                                     ("clip_precision", self.clip_precision, ("fp32", "fp16"))):
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not one of {allowed}")
-        for name in ("n_images", "epochs", "batch_size", "accumulation_steps", "n_train_step", "n_inv_step"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-
-
-PRESETS = {
-    # the original's work: fp32, batch 1, a separate unedited chain, nothing cached
-    # (CLIP in fp32: the original's clip.load on a CPU; on a GPU it ran fp16, which --clip-precision fp16 gives)
-    "reference": dict(precision="fp32", batch_size=1, l1_reference="chain", cache_source_embeddings=False,
-                      channels_last=False, compile=False, tf32=False, fused_step=False, clip_precision="fp32"),
-    # the same objective (the unedited chain as L1 target) and, unless --batch-size is given, the same batch-1 SGD:
-    # fp16 autocast with loss scaling, the chain fused into the plain pass, cached source embeddings, contiguous
-    # tensors (channels_last cost 25 % on an H200: issue 18's measurement), the U-Net compiled on CUDA
-    "fast": dict(precision="fp16", l1_reference="chain", cache_source_embeddings=True, channels_last=False,
-                 compile=None, fused_step=True),
-}
+from asyrp.pipeline.run_record import resolve_texts, resolve_training
+from asyrp.pipeline.train_config import TrainConfig, make_optimizer, step_precision
 
 
 # --------------------------------------------------------------------------------------------------
 # Pieces of the loop
 # --------------------------------------------------------------------------------------------------
-
-def make_optimizer(params, cfg: TrainConfig):
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.scheduler_step, gamma=cfg.scheduler_gamma) \
-        if cfg.scheduler_step > 0 else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return opt, sched
-
-
-autocast = fast.autocast
-
-
-def step_precision(cfg: "TrainConfig", t: int) -> str:
-    """bf16 only where the x0 prediction amplifies ε's error by at most ``bf16_max_x0_gain`` (host-side maths)."""
-    if cfg.precision != "bf16":
-        return cfg.precision
-    a_t = float(D.alpha_bar(D.alphas_cumprod(D.linear_betas()), t))
-    return "bf16" if ((1 - a_t) / a_t) ** 0.5 <= cfg.bf16_max_x0_gain else "fp32"
-
-
-@dataclass
-class Resolved:
-    """What a run derives from its config and models; saved in config.json beside the config."""
-    attribute: str
-    src: str
-    trg: str
-    t_edit: int
-    t_boost: int | None
-    text_cosine: float
-    clip_weight: float
-    clip_model: str
-    backbone_sha256: str
-    delta: dict
-    training_steps: list = field(default_factory=list)
-    t_edit_source: str = ""       # "flag/config", "attribute table" or "LPIPS table (celeba, x0_t, threshold … × cos …)"
-    t_boost_source: str = ""      # the same, or "off: …" where the backbone has no LPIPS table
-
-
-def resolve_run(cfg: TrainConfig, backbone, clip) -> Resolved:
-    """Texts, t_edit, t_boost (with where each came from), λ_CLIP and the block's shape for a run.
-
-    t_edit: the config, else the attribute table, else the LPIPS(P_t, x0) table of the backbone's domain (the
-    attribute's for a backbone without one) at lpips_edit_th × text cosine, as the original. t_boost: the config, else
-    the attribute table, else the backbone's LPIPS table at lpips_boost_th; a backbone without a table (the shapes world,
-    a U-Net file) has no automatic t_boost, and the run records why quality boosting is off.
-    """
-    attr = resolve_texts(cfg.attribute, cfg.src, cfg.trg)
-    text_cosine = clip.text_cosine()
-    t_edit, t_edit_source = choose_t_edit(cfg.t_edit, attr.t_edit, lambda: text_cosine,
-                                          backbone.lpips_domain or attr.domain, cfg.lpips_edit_th)
-    t_boost, t_boost_source = choose_t_boost(cfg.t_boost, attr.t_boost, backbone, cfg.lpips_boost_th,
-                                             cfg.lpips_boost_table)
-    clip_weight = cfg.clip_weight if cfg.clip_weight is not None else (attr.clip_weight or 1.0)
-    kind = getattr(backbone.unet, "default_delta_kind", "conv")  # adm on iDDPM / ADM backbones
-    delta = dataclasses.replace(cfg.delta or DeltaBlockConfig(kind=kind), channels=backbone.unet.h_channels,
-                                spatial_size=backbone.unet.h_size, temb_channels=backbone.unet.temb_ch)
-    steps = D.training_pairs(cfg.n_train_step, t_edit, cfg.t_0)
-    return Resolved(attr.name, attr.src, attr.trg, int(t_edit), t_boost, text_cosine, clip_weight,
-                    cfg.clip_model or backbone.default_clip, backbone.fingerprint, delta.to_dict(),
-                    [list(p) for p in steps], t_edit_source, t_boost_source)
-
 
 def init_block(cfg: TrainConfig, delta: DeltaBlockConfig, device):
     if cfg.init_from:
@@ -266,7 +108,7 @@ class Session:
         self.cfg, self.device, self.direction = cfg, torch.device(device), direction
         self.unet = backbone.unet.to(self.device).eval().requires_grad_(False)
         apply_speed_settings(cfg, self.unet, self.device)
-        self.res = resolve_run(cfg, backbone, direction)
+        self.res = resolve_training(cfg, backbone, direction)
         self.block = block if block is not None else \
             init_block(cfg, DeltaBlockConfig.from_dict(self.res.delta), self.device)
         self.params = [p for p in self.block.parameters() if p.requires_grad]
@@ -317,8 +159,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
         clip = load_clip_model(cfg.clip_model or backbone.default_clip, device=device)
     set_clip_precision(clip[0], cfg.clip_precision)
     direction = make_direction(*clip, cfg, device)
-    res = resolve_run(cfg, backbone, direction)
-    record = {"config": C.to_dict(cfg), "resolved": dataclasses.asdict(res)}
+    res = resolve_training(cfg, backbone, direction)
+    record = {"config": C.to_dict(cfg), "resolved": res.to_dict()}
 
     if is_main:
         if check_run_dir(run_dir, record, resume):
@@ -417,27 +259,19 @@ def _run(session: Session, run_dir: Path, entries: list[dict], is_main: bool, di
         state["epoch"] += 1
         state["batch"] = 0
         if is_main:
-            save_delta_block(block, run_dir / f"delta_epoch{state['epoch'] - 1}.pt", **_meta(cfg, res, state))
+            save_delta_block(block, run_dir / f"delta_epoch{state['epoch'] - 1}.pt", **res.checkpoint_meta(cfg, state))
         save_checkpoint()
     bar.close()
     flush_log()
     final = run_dir / "delta.pt"
     if is_main:
-        save_delta_block(block, final, **_meta(cfg, res, state))
+        save_delta_block(block, final, **res.checkpoint_meta(cfg, state))
         atomic_json(run_dir / "done.json", {"seconds": state["seconds"], "images": state["images"],
                                             "steps": state["step"], "skipped_steps": state.get("skipped_steps", 0),
                                             "images_per_second": state["images"] / max(state["seconds"], 1e-9)})
     if distributed is not None:
         distributed.barrier()
     return final
-
-
-def _meta(cfg: TrainConfig, res: Resolved, state: dict) -> dict:
-    return {"attribute": res.attribute, "src": res.src, "trg": res.trg, "t_edit": res.t_edit, "t_boost": res.t_boost,
-            "t_edit_source": res.t_edit_source, "t_boost_source": res.t_boost_source,
-            "n_train_step": cfg.n_train_step, "t_0": cfg.t_0, "backbone": cfg.backbone,
-            "backbone_sha256": res.backbone_sha256, "clip_model": res.clip_model, "epochs": state["epoch"],
-            "steps": state["step"], "images": state["images"]}
 
 
 def _fused_forward(unet, block, x: torch.Tensor, x_chain: torch.Tensor | None, t: int, amp,
@@ -480,7 +314,7 @@ def _train_batch(session: Session, entries, idx, pending, pairs, distributed, gl
     x = torch.stack([entries[i]["x_T"] for i in idx]).to(device)
     if cfg.channels_last:
         x0, x = x0.contiguous(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast(device, cfg.precision):
+    with torch.no_grad(), fast.autocast(device, cfg.precision):
         src_emb = direction.encode_images(x0).float() if cfg.cache_source_embeddings else None
     use_chain = cfg.l1_weight > 0 and cfg.l1_reference == "chain"
     x_orig = x.clone() if use_chain else None
@@ -491,7 +325,7 @@ def _train_batch(session: Session, entries, idx, pending, pairs, distributed, gl
         if cuda_graphs:
             fast.mark_step()
         a_t, a_next = D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next)
-        amp = autocast(device, session.precisions.get(t) or step_precision(cfg, t))
+        amp = fast.autocast(device, session.precisions.get(t) or step_precision(cfg, t))
         eps_o = None
         if cfg.fused_step:
             eps, eps_edit, eps_o = _fused_forward(unet, block, x, x_orig, t, amp, cfg.ignore_timestep)
@@ -569,72 +403,3 @@ def write_preview(path: Path, session: Session, entries, idx) -> None:
     save_rows(path, rows, col_labels=[str(entries[i].get("name", i)) for i in idx],
               row_labels=["original", "reconstruction", "edit s=1"])
     block.train(was_training)
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI: asyrp train
-# --------------------------------------------------------------------------------------------------
-
-DELTA_FLAGS = ("kind", "heads", "layers", "ff_dim", "time_embedding", "norm", "activation", "dropout", "zero_init")
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", help="run folder (config, log, previews, checkpoints, delta.pt)")
-    p.add_argument("--config", help="YAML of TrainConfig fields (the command line overrides it)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="reference: the original's fp32 batch-1 work (CLIP in "
-                                                              "fp32 as the original on a CPU; its GPU runs used fp16: "
-                                                              "add --clip-precision fp16); fast: the same objective in "
-                                                              "fp16, the unedited chain fused into the plain pass, "
-                                                              "compiled on CUDA")
-    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
-    p.add_argument("--attr", dest="attribute", help="attribute name from the table (e.g. smiling)")
-    p.add_argument("--list-attributes", action="store_true", help="print the attribute table and exit")
-    p.add_argument("--unet-config", help="YAML `model:` block or create_model arguments, for a bare state-dict backbone")
-    p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")
-    C.add_arguments(p, TrainConfig, skip=("attribute", "delta"))
-    g = p.add_argument_group("delta block (default: the backbone's official block, conv or adm for iDDPM / ADM)")
-    C.add_arguments(g, DeltaBlockConfig, skip=("channels", "spatial_size", "temb_channels", "skip_norm_without_temb"),
-                    prefix="delta_")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    data = C.load_yaml(args.config)
-    if args.preset:
-        data = {**data, **PRESETS[args.preset]}
-    data.update(C.overrides_from_args(TrainConfig, args))
-    delta = C.overrides_from_args(DeltaBlockConfig, args, prefix="delta_")
-    delta = {k: v for k, v in delta.items() if k in DELTA_FLAGS}
-    if delta or "delta" in data:
-        data["delta"] = {**(data.get("delta") or {}), **delta}
-    return C.from_dict(TrainConfig, data)
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.list_attributes:
-        for name, a in attribute_table().items():
-            extra = f"  t_edit={a.t_edit}" if a.t_edit else ""
-            print(f"{name:36s} {a.src!r} → {a.trg!r}{extra}")
-        return 0
-    if not args.out:
-        raise UserError("give the run folder with --out")
-    cfg = config_from_args(args)
-    device = default_device(cfg.device)
-    backbone = None
-    if args.unet_config or args.weights_dir:
-        import yaml
-
-        from asyrp.backbones import load_backbone
-        config = yaml.safe_load(Path(args.unet_config).read_text()) if args.unet_config else None
-        backbone = load_backbone(cfg.backbone, config=config, weights_dir=args.weights_dir, device=device)
-    clip = None
-    if args.weights_dir:
-        from asyrp.backbones import load_clip_model
-        clip = load_clip_model(cfg.clip_model or backbone.default_clip, weights_dir=args.weights_dir, device=device)
-    from asyrp.pipeline.distributed import context_from_env
-    dist = context_from_env()
-    path = train(cfg, args.out, backbone=backbone, clip=clip, resume=args.resume, distributed=dist)
-    if dist is None or dist.rank == 0:
-        print(f"direction written to {path}")
-    if dist is not None:
-        dist.close()
-    return 0

@@ -48,12 +48,12 @@ import yaml
 
 from asyrp import config as C
 from asyrp.io import weights as registry
-from asyrp.attributes import resolve_texts
+from asyrp.pipeline.run_record import resolve_texts
 from asyrp.pipeline.edit import EditConfig
-from asyrp.metrics import evaluate_folders
+from asyrp.pipeline.evaluate import evaluate_folders
 from asyrp.models.delta import DeltaBlockConfig
 from asyrp.study.variables import ExperimentError, deep_merge, expand_variables, number, parse_overrides, set_path
-from asyrp.pipeline.train import PRESETS, TrainConfig
+from asyrp.pipeline.train_config import PRESETS, TrainConfig
 
 STAGES = ("train", "edit", "evaluate")
 SHARED_KEYS = ("backbone", "cache_dir", "device", "t_edit", "t_boost")   # copied into train: and edit:
@@ -61,7 +61,7 @@ TEXT_KEYS = ("attribute", "src", "trg")                                  # copie
 RUN_KEYS = frozenset({"name", "official", "direction", "train", "edit", "evaluate", "eval_epochs", "tags",
                       "description", "weights_dir", *SHARED_KEYS, *TEXT_KEYS})
 FAMILY_KEYS = frozenset({"family", "description", "figures", "defaults", "runs"})
-# the evaluate: keys of a run and their defaults: asyrp.metrics.evaluate_folders' own
+# the evaluate: keys of a run and their defaults: asyrp.pipeline.evaluate.evaluate_folders' own
 EVAL_KEYS = ("clip_model", "prompt_mode", "antialias", "fid", "sdir", "inception_weights", "groups", "kid_subsets",
              "kid_subset_size", "seed", "batch_size", "fid_method", "device")
 EVAL_DEFAULTS = {k: inspect.signature(evaluate_folders).parameters[k].default for k in EVAL_KEYS}

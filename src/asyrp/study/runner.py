@@ -23,7 +23,9 @@ from torch import nn
 from asyrp.backbones import load_backbone, load_clip_model
 from asyrp.pipeline.edit import edit
 from asyrp.io.files import default_device
-from asyrp.metrics import SmallSampleFIDWarning, _clip_image_size, evaluate_run, load_fid_inception
+from asyrp.metrics import SmallSampleFIDWarning
+from asyrp.pipeline.evaluate import clip_image_size, evaluate_run
+from asyrp.models.inception import load_fid_inception
 from asyrp.study.families import STAGES, EditJob, ExperimentError, Run, load_family, ref_label
 from asyrp.study.family_results import collect_family
 from asyrp.study.results import write_results
@@ -85,7 +87,7 @@ def _cached_clip(encoder):
             super().__init__()
             self.inner, self.cache = encoder, _FeatureCache()
             self.name = getattr(encoder, "name", None) or type(encoder).__name__
-            self.image_size = _clip_image_size(encoder)
+            self.image_size = clip_image_size(encoder)
 
         def encode_image(self, pixels):
             return self.cache(self.inner.encode_image, pixels)
@@ -179,7 +181,7 @@ def _stage_edit(run: Run, models: _Models, redo, progress, distributed, actions:
 
 
 def _evaluate_folder(run: Run, job: EditJob, folder: str, models: _Models) -> None:
-    """S_dir / FID / KID of one edited folder into its eval JSON (asyrp.metrics.evaluate_run)."""
+    """S_dir / FID / KID of one edited folder into its eval JSON (asyrp.pipeline.evaluate.evaluate_run)."""
     ev = run.evaluate
     device = _device(ev["device"] or job.config.device)
     encoder = models.eval_clip(ev["clip_model"], run.weights_dir, device) if ev["sdir"] else None

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from asyrp import config as C
-from asyrp.metrics import default_eval_path
+from asyrp.pipeline.evaluate import default_eval_path
 from asyrp.study.families import EVAL_SETTING_KEYS, EditJob, ExperimentError, Run
 
 
