@@ -76,7 +76,7 @@ class UNetCalls:
 
 
 def test_app_is_a_subcommand():
-    assert COMMANDS["app"][0] == "asyrp.app"
+    assert COMMANDS["app"][0] == "asyrp.cli.app"
 
 
 def test_inversion_is_cached_so_a_slider_move_costs_only_the_generation(editor, red_circle, tmp_path):

@@ -23,7 +23,7 @@ from PIL import Image
 
 from asyrp.cli import UserError
 from asyrp.cli import main as cli_main
-from asyrp.demo import linearity, run_shapes_demo
+from asyrp.worlds.demo import linearity, run_shapes_demo
 from asyrp.plots import grid, load_png
 
 SUCCESS_MIN = 0.3             # at strength 1; measured 0.44 – 0.75 over 3 seeds (seed 0, run here: 0.75)
@@ -75,7 +75,7 @@ def test_demo_edits_real_images(demo_run):
 
 
 def test_delta_h_ratio_measures_the_block_against_h():
-    from asyrp.demo import delta_h_ratio
+    from asyrp.sampling import delta_h_ratio
     from asyrp.worlds import shapes
 
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def test_celeba_demo_offline_names_every_missing_file(tmp_path, capsys):
 def test_h_swap_with_its_own_h_is_plain_sampling_and_other_h_changes_the_path():
     from asyrp import diffusion as D
     from asyrp import sampling
-    from asyrp.demo import h_swap
+    from asyrp.sampling import h_swap
     from asyrp.worlds import shapes
 
     torch.set_num_threads(2)
@@ -145,7 +145,7 @@ def test_asymmetric_h_swap_is_asyrps_step_with_the_delta_of_b():
     """The asymmetric h-swap equals Asyrp's edit by hand: diffusion.ddim_step with ε̃ from forward_edit, whose delta
     block returns h_B − h_A (c0 = c1 = 1), while B walks its own plain path."""
     from asyrp import diffusion as D
-    from asyrp.demo import h_swap
+    from asyrp.sampling import h_swap
     from asyrp.worlds import shapes
 
     torch.set_num_threads(2)
@@ -167,7 +167,7 @@ def test_asymmetric_h_swap_is_asyrps_step_with_the_delta_of_b():
 def test_sampled_images_of_a_value_are_read_as_that_value(tmp_path):
     from asyrp.backbones import fingerprint
     from asyrp.cli import UserError
-    from asyrp.demo import sampled_of_value
+    from asyrp.worlds.demo import sampled_of_value
     from asyrp.pipeline.inversion import InversionSettings
     from asyrp.worlds import shapes
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import REPO, TINY_CLIP_CFG, tiny_backbone, tiny_clip
 
-from asyrp import experiments as X
+from asyrp.study import families, family_results, runner, variables
 from asyrp.cli import main as cli
 
 CONFIGS = REPO / "configs" / "experiments"
@@ -88,7 +88,7 @@ def test_mini_family_end_to_end_then_everything_is_skipped(mini_env, mini_env_va
     out = mini_env / "runs"
     # first call: every stage, through the distributed code path (one process)
     ctx = SoloContext()
-    result = X.run_experiment(MINI, out, overrides=MINI_OVERRIDES, progress=False, distributed=ctx)
+    result = runner.run_experiment(MINI, out, overrides=MINI_OVERRIDES, progress=False, distributed=ctx)
     assert ctx.barriers > 0
     assert sorted((a["run"], a["stage"], a["action"]) for a in result["actions"] if a["stage"] != "evaluate") == [
         ("conv", "edit", "edited"), ("conv", "train", "trained"), ("conv@epoch0", "edit", "edited"),
@@ -139,7 +139,6 @@ def test_mini_family_end_to_end_then_everything_is_skipped(mini_env, mini_env_va
     # second call, through the CLI: nothing is recomputed
     def forbidden(*a, **k):
         raise AssertionError("a finished stage ran again")
-    from asyrp.study import runner
     for name in ("train", "edit", "evaluate_run"):  # the names the runner calls
         monkeypatch.setattr(runner, name, forbidden)
     before = _mtimes(out)
@@ -169,29 +168,29 @@ def test_mini_family_end_to_end_then_everything_is_skipped(mini_env, mini_env_va
     first = json.loads(victim.read_text())
     victim.unlink()
     stamp = path.stat().st_mtime_ns
-    r = X.run_experiment(MINI, out, only=["transfer"], stages=["evaluate"], overrides=MINI_OVERRIDES,
+    r = runner.run_experiment(MINI, out, only=["transfer"], stages=["evaluate"], overrides=MINI_OVERRIDES,
                          progress=False, distributed=SoloContext(rank=1, world_size=2))
     assert not victim.exists() and path.stat().st_mtime_ns == stamp  # another rank neither evaluates nor writes
-    r = X.run_experiment(MINI, out, only=["transfer"], stages=["evaluate"], overrides=MINI_OVERRIDES, progress=False)
+    r = runner.run_experiment(MINI, out, only=["transfer"], stages=["evaluate"], overrides=MINI_OVERRIDES, progress=False)
     assert [(a["folder"], a["action"]) for a in r["actions"]] == [("edited_s-1.00", "evaluated"),
                                                                    ("edited_s+1.00", "skipped")]
     assert json.loads(victim.read_text())["metrics"] == first["metrics"]
-    r = X.run_experiment(MINI, out, only=["transfer"], stages=["evaluate"], progress=False,
+    r = runner.run_experiment(MINI, out, only=["transfer"], stages=["evaluate"], progress=False,
                          overrides=[*MINI_OVERRIDES, "runs.transfer.evaluate.prompt_mode=single"])
     assert [a["action"] for a in r["actions"]] == ["evaluated", "evaluated"]
     assert json.loads(victim.read_text())["settings"]["prompt_mode"] == "single"
 
     # a run whose source is not trained is refused with a one-line error naming the source
-    with pytest.raises(X.ExperimentError, match="needs run conv"):
-        X.run_experiment(MINI, out / "elsewhere", only=["transfer"], overrides=MINI_OVERRIDES, progress=False)
+    with pytest.raises(variables.ExperimentError, match="needs run conv"):
+        runner.run_experiment(MINI, out / "elsewhere", only=["transfer"], overrides=MINI_OVERRIDES, progress=False)
 
     # the F5 guard: an evaluated block that is not the trained one is an error
     edit_json = out / "mini" / "conv" / "edit" / "edit.json"
     record = json.loads(edit_json.read_text())
     record["directions"][0]["config"]["heads"] = 2
     edit_json.write_text(json.dumps(record))
-    with pytest.raises(X.ExperimentError, match="heads: trained 1 ≠ evaluated 2"):
-        X.collect_results(X.load_family(MINI, out, MINI_OVERRIDES))
+    with pytest.raises(variables.ExperimentError, match="heads: trained 1 ≠ evaluated 2"):
+        family_results.collect_family(families.load_family(MINI, out, MINI_OVERRIDES))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,7 +209,7 @@ def test_family_file_resolves(family, tmp_path):
     from asyrp.attributes import attribute_table
     from asyrp.pipeline.edit import EditConfig
     from asyrp.pipeline.train import TrainConfig
-    fam = X.load_family(CONFIGS / f"{family}.yaml", tmp_path, env=MINI_ENV)  # strict: defaults for every variable
+    fam = families.load_family(CONFIGS / f"{family}.yaml", tmp_path, env=MINI_ENV)  # strict: defaults for every variable
     assert fam.name == family and fam.runs and not fam.missing
     text = (CONFIGS / f"{family}.yaml").read_text()
     assert fam.raw.get("figures") is not None
@@ -218,7 +217,7 @@ def test_family_file_resolves(family, tmp_path):
         assert re.search(r"^# .*(Fig\.|Table|no blog figure)", text, re.MULTILINE), family
         assert fam.raw["figures"]
     table = attribute_table()
-    tags = [json.dumps(X.config_tags(run, job), sort_keys=True, default=str) for run in fam.runs for job in run.jobs]
+    tags = [json.dumps(family_results.config_tags(run, job), sort_keys=True, default=str) for run in fam.runs for job in run.jobs]
     assert len(set(tags)) == len(tags), "two results entries with the same tags cannot be told apart in a figure"
     for run in fam.runs:
         assert run.texts is not None and (run.texts.name in table or family == "mini_reproduction"), run.name
@@ -247,7 +246,7 @@ def test_family_file_resolves(family, tmp_path):
 
 def test_family_hyperparameters_match_the_reference(tmp_path):
     def load(name):
-        return {r.name: r for r in X.load_family(CONFIGS / f"{name}.yaml", tmp_path).runs}
+        return {r.name: r for r in families.load_family(CONFIGS / f"{name}.yaml", tmp_path).runs}
     repro = load("reproduction")
     attrs = ["smiling", "sad", "angry", "tanned", "man", "woman", "young", "curly_hair", "nicolas", "pixar",
              "neanderthal", "modigliani", "frida"]
@@ -298,25 +297,25 @@ def test_family_file_errors_are_one_line(tmp_path, monkeypatch, capsys):
         path.write_text(text)
         return path
     base = "defaults: {backbone: x, attribute: smiling, train: {epochs: 2}}\nruns:\n"
-    with pytest.raises(X.ExperimentError, match="unknown TrainConfig fields"):
-        X.load_family(write(base + "  - {name: a, train: {learning_rate: 1}}\n"), tmp_path)
-    with pytest.raises(X.ExperimentError, match="unknown attribute 'smilling'"):
-        X.load_family(write(base + "  - {name: a, attribute: smilling}\n"), tmp_path)
-    with pytest.raises(X.ExperimentError, match="names run 'b', which is not in family"):
-        X.load_family(write(base + "  - {name: a, train: {init_from: {run: b}}}\n"), tmp_path)
-    with pytest.raises(X.ExperimentError, match="asks for epoch 2 of a"):
-        X.load_family(write(base + "  - {name: a}\n  - {name: c, direction: {run: a, epoch: 2}}\n"), tmp_path)
-    with pytest.raises(X.ExperimentError, match="cycle"):
-        X.load_family(write(base + "  - {name: a, train: {init_from: {run: c}}}\n"
+    with pytest.raises(variables.ExperimentError, match="unknown TrainConfig fields"):
+        families.load_family(write(base + "  - {name: a, train: {learning_rate: 1}}\n"), tmp_path)
+    with pytest.raises(variables.ExperimentError, match="unknown attribute 'smilling'"):
+        families.load_family(write(base + "  - {name: a, attribute: smilling}\n"), tmp_path)
+    with pytest.raises(variables.ExperimentError, match="names run 'b', which is not in family"):
+        families.load_family(write(base + "  - {name: a, train: {init_from: {run: b}}}\n"), tmp_path)
+    with pytest.raises(variables.ExperimentError, match="asks for epoch 2 of a"):
+        families.load_family(write(base + "  - {name: a}\n  - {name: c, direction: {run: a, epoch: 2}}\n"), tmp_path)
+    with pytest.raises(variables.ExperimentError, match="cycle"):
+        families.load_family(write(base + "  - {name: a, train: {init_from: {run: c}}}\n"
                                    "  - {name: c, train: {init_from: {run: a}}}\n"), tmp_path)
-    with pytest.raises(X.ExperimentError, match="eval_epochs"):
-        X.load_family(write(base + "  - {name: a, eval_epochs: [2]}\n"), tmp_path)
-    with pytest.raises(X.ExperimentError, match="edit.delta_config must not be set"):
-        X.load_family(write(base + "  - {name: a, edit: {delta_config: 'heads=8'}}\n"), tmp_path)
+    with pytest.raises(variables.ExperimentError, match="eval_epochs"):
+        families.load_family(write(base + "  - {name: a, eval_epochs: [2]}\n"), tmp_path)
+    with pytest.raises(variables.ExperimentError, match="edit.delta_config must not be set"):
+        families.load_family(write(base + "  - {name: a, edit: {delta_config: 'heads=8'}}\n"), tmp_path)
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
     path = write("defaults: {backbone: '${NOT_SET_ANYWHERE}', attribute: smiling, train: {}}\nruns: [{name: a}]\n")
-    with pytest.raises(X.ExperimentError, match="NOT_SET_ANYWHERE"):
-        X.load_family(path, tmp_path)
+    with pytest.raises(variables.ExperimentError, match="NOT_SET_ANYWHERE"):
+        families.load_family(path, tmp_path)
     assert cli(["run-experiment", str(path), "--list"]) == 0  # listing needs no variables
     assert cli(["run-experiment", str(path), "--out", str(tmp_path)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("asyrp ")]
@@ -325,14 +324,14 @@ def test_family_file_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
 def test_variables_and_overrides():
     env = {"A": "7", "B": "", "C": "x"}
-    assert X.expand_variables({"n": "${A}", "e": "${B:-}", "d": "${B:-5}", "u": "${B-5}", "s": "p/${C}/${Z:-q}",
+    assert variables.expand_variables({"n": "${A}", "e": "${B:-}", "d": "${B:-5}", "u": "${B-5}", "s": "p/${C}/${Z:-q}",
                                "f": "${Z:-1.0e-5}", "b": "${Z:-true}"}, env) == \
         {"n": 7, "e": None, "d": 5, "u": None, "s": "p/x/q", "f": 1e-5, "b": True}
     missing = []
-    assert X.expand_variables("${Z}", env, strict=False, missing=missing) == "${Z}" and missing == ["Z"]
-    assert X.parse_overrides(["train.lr=1e-5", "edit.strengths=[-1, 1]", "evaluate.fid=false"]) == \
+    assert variables.expand_variables("${Z}", env, strict=False, missing=missing) == "${Z}" and missing == ["Z"]
+    assert variables.parse_overrides(["train.lr=1e-5", "edit.strengths=[-1, 1]", "evaluate.fid=false"]) == \
         [(["train", "lr"], 1e-5), (["edit", "strengths"], [-1, 1]), (["evaluate", "fid"], False)]
-    assert X.deep_merge({"t": {"a": 1, "d": {"x": 1}}}, {"t": {"d": {"y": 2}}}) == {"t": {"a": 1, "d": {"x": 1, "y": 2}}}
+    assert variables.deep_merge({"t": {"a": 1, "d": {"x": 1}}}, {"t": {"d": {"y": 2}}}) == {"t": {"a": 1, "d": {"x": 1, "y": 2}}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,7 +400,7 @@ def _dry_run(*args, **env):
 
 
 def test_submit_dry_run_chains_the_stages(tmp_path):
-    fam = X.load_family(CONFIGS / "heads.yaml", tmp_path)
+    fam = families.load_family(CONFIGS / "heads.yaml", tmp_path)
     waves = [[r.name for r in fam.runs if r.wave == w] for w in range(fam.n_waves)]
     jobs = _dry_run("heads", PARTITION="mygpu", ACCOUNT="proj1", TIME_TRAIN="1-12:00:00")
     assert [j["script"] for j in jobs] == ["src/jobs/precompute.job"] + ["src/jobs/train_array.job"] * len(waves) + \

@@ -320,7 +320,7 @@ def test_cli_evaluate_with_attribute(tmp_path, monkeypatch, capsys, tiny_clip):
     run = tmp_path / "run"
     make_run(run, n=2, seed=2)
     weights = tmp_path / inception.FID_WEIGHTS_FILE
-    monkeypatch.setattr(metrics, "load_clip", lambda name, *a, **k: tiny_clip)
+    monkeypatch.setattr(evaluate, "load_clip", lambda name, *a, **k: tiny_clip)
     # the CLI wiring is under test here (weights loading has its own test): a cheap stand-in for the Inception
     loaded = []
 
@@ -330,7 +330,7 @@ def test_cli_evaluate_with_attribute(tmp_path, monkeypatch, capsys, tiny_clip):
         def forward(self, x):
             return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1).repeat(1, 43)[:, :2048]
 
-    monkeypatch.setattr(metrics, "load_fid_inception", lambda w, d=None: loaded.append(w) or StandIn())
+    monkeypatch.setattr(evaluate, "load_fid_inception", lambda w, d=None: loaded.append(w) or StandIn())
 
     assert cli_main(["evaluate", str(run), "--attr", "smilng", "--no-fid"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -14,6 +14,7 @@ from asyrp import diffusion as D
 from asyrp.backbones import Backbone, fingerprint
 from asyrp.cli import UserError
 from asyrp.clip_loss import CLIPDirection
+from asyrp.pipeline import edit as edit_module
 from asyrp.pipeline.edit import EditConfig, edit
 from asyrp.models.delta import build_delta_block
 from asyrp.models.unet import DDPMUNet
@@ -102,7 +103,7 @@ def _released_as(tmp_path, attribute: str):
 def test_released_direction_without_table_t_edit_gets_it_from_lpips_and_clip(tmp_path, backbone_512, monkeypatch):
     """The released makeup direction: no table t_edit; the original derives it from the CLIP cosine of its texts."""
     encoder, size = tiny_clip()
-    monkeypatch.setattr(backbones, "load_clip_model", lambda name, weights_dir=None, device="cpu": (encoder, size))
+    monkeypatch.setattr(edit_module, "load_clip_model", lambda name, weights_dir=None, device="cpu": (encoder, size))
     cfg = EditConfig(directions=[str(_released_as(tmp_path, "makeup"))], n_test_step=4, n_images=1, device="cpu")
     record = edit(cfg, tmp_path / "out", backbone=backbone_512, entries=_entries(), progress=False)
     cos = CLIPDirection(encoder, "person", "person with makeup", templates=None).text_cosine()

@@ -15,7 +15,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -25,6 +25,10 @@ from asyrp.models.adm import AFHQ_DICT, METFACE_DICT, ADMUNet, adm_config
 from asyrp.models.delta import CheckpointError, read_checkpoint
 from asyrp.models.diffusers_ddpm import is_diffusers_folder, load_diffusers_unet
 from asyrp.models.unet import CELEBA_HQ_256, DDPMUNet, HSpaceUNet, load_backbone_state_dict, unet_config
+from asyrp.io import weights as registry
+from asyrp.clip_loss import OpenClipEncoder
+from asyrp.clip_loss import CLIP_ARCHS, load_clip
+from asyrp.worlds import shapes
 
 UNET_FORMAT = "asyrp.unet"
 CLIP_FORMAT = "asyrp.clip"
@@ -51,7 +55,17 @@ BACKBONES = {
     "lsun-church-diffusers": BackboneSpec("diffusers-ddpm-ema-church-256", None, "church", "ViT-B/16"),
     "lsun-bedroom-diffusers": BackboneSpec("diffusers-ddpm-ema-bedroom-256", None, "bedroom", "ViT-B/16"),
 }
-TINY_WORLDS = ("shapes",)
+
+
+@dataclass(frozen=True)
+class World:
+    """An offline world shipped with the package: its tiny DDPM and tiny CLIP, both loaded by name (the backbone's
+    default CLIP is the world's own)."""
+    load_unet: Callable[[], HSpaceUNet]
+    load_clip: Callable[..., tuple]       # (device=...) -> (encoder, image size)
+
+
+TINY_WORLDS: Mapping[str, World] = {"shapes": World(shapes.load_tiny_ddpm, shapes.load_tiny_clip)}
 
 
 @dataclass
@@ -120,10 +134,8 @@ def load_backbone(name_or_path: str, config: Mapping[str, Any] | None = None, we
                   device: str | torch.device = "cpu") -> Backbone:
     """A frozen backbone in eval mode with its identity (see the module docstring)."""
     if name_or_path in TINY_WORLDS:
-        from asyrp.worlds import shapes
-        unet, domain, clip = shapes.load_tiny_ddpm(), None, "shapes"
+        unet, domain, clip = TINY_WORLDS[name_or_path].load_unet(), None, name_or_path
     elif name_or_path in BACKBONES:
-        from asyrp.io import weights as registry
         spec = BACKBONES[name_or_path]
         weights = registry.resolve(spec.weights, weights_dir=weights_dir)
         if spec.config is None:
@@ -160,9 +172,8 @@ def save_clip(model: nn.Module, model_cfg: Mapping[str, Any], path: str | os.Pat
 
 def load_clip_file(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """(encoder, image_size) from a file of :func:`save_clip`."""
-    import open_clip
+    import open_clip  # heavy: imported only where a CLIP file is built
 
-    from asyrp.clip_loss import OpenClipEncoder
 
     path = Path(path)
     obj = read_checkpoint(path)
@@ -184,11 +195,9 @@ def load_clip_model(name_or_path: str, weights_dir: str | None = None, device: s
     """(encoder, image_size): an OpenAI CLIP by name (ViT-B/32, ViT-B/16, ViT-L/14), the shapes world's tiny CLIP
     ("shapes"), an OpenAI ``.pt`` file given as ``name=path`` (e.g. ``ViT-B/16=/data/ViT-B-16.pt``), or an asyrp
     CLIP file."""
-    from asyrp.clip_loss import CLIP_ARCHS, load_clip
 
-    if name_or_path == "shapes":
-        from asyrp.worlds import shapes
-        return shapes.load_tiny_clip(device=device)
+    if name_or_path in TINY_WORLDS:
+        return TINY_WORLDS[name_or_path].load_clip(device=device)
     if name_or_path in CLIP_ARCHS:
         return load_clip(name_or_path, weights_dir=weights_dir, device=device), 224
     if "=" in name_or_path and name_or_path.split("=", 1)[0] in CLIP_ARCHS:
@@ -196,5 +205,5 @@ def load_clip_model(name_or_path: str, weights_dir: str | None = None, device: s
         return load_clip(name, weights=path, device=device), 224
     if Path(name_or_path).is_file():
         return load_clip_file(name_or_path, device=device)
-    raise ValueError(f"unknown CLIP model {name_or_path!r}: give one of {list(CLIP_ARCHS) + ['shapes']}, "
+    raise ValueError(f"unknown CLIP model {name_or_path!r}: give one of {list(CLIP_ARCHS) + list(TINY_WORLDS)}, "
                      "NAME=path/to/openai.pt, or an asyrp CLIP file")

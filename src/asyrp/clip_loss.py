@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
+import zipfile
+from asyrp.io import weights as registry
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -193,7 +195,6 @@ def set_clip_precision(encoder: OpenClipEncoder, precision: str) -> OpenClipEnco
 
 
 def _is_torchscript(path: Path) -> bool:
-    import zipfile
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
@@ -208,12 +209,11 @@ def load_clip(name: str = "ViT-B/32", weights: str | os.PathLike | None = None, 
     ``weights`` is OpenAI's original ``.pt`` (TorchScript) or an open_clip state dict; without it the file comes from
     the weights registry (cache / ``--weights-dir``; a download only where the network is reachable).
     """
-    import open_clip
+    import open_clip  # heavy: imported only where a CLIP is built
 
     if name not in CLIP_ARCHS:
         raise ValueError(f"unknown CLIP model {name!r}; choose one of {list(CLIP_ARCHS)}")
     if weights is None:
-        from asyrp.io import weights as registry
         weights = registry.resolve(f"clip-{name}", weights_dir=weights_dir)
     weights = Path(weights)
     if not weights.is_file():

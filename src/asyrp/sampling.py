@@ -1,4 +1,5 @@
-"""Samplers as small functions over a frozen U-Net: DDIM inversion, (edited) generation, sampling from noise.
+"""Samplers as small functions over a frozen U-Net: DDIM inversion, (edited) generation, sampling from noise, and
+two probes of h along a reverse path (the Δh / h ratio of a delta block; regeneration with another image's h).
 
 Each takes the model, the ᾱ table and tensors, and returns tensors; the step maths lives in :mod:`asyrp.diffusion`.
 Timesteps are applied per sample (a (B,) tensor), so results do not depend on how images are batched. Noise for
@@ -91,3 +92,47 @@ def sample(unet: nn.Module, noise: torch.Tensor, alphas: torch.Tensor, n_steps: 
 def image_generators(seed: int, indices: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
     """One generator per image, seeded by (seed, image index): the same image gets the same noise in any batch."""
     return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(i)) for i in indices]
+
+
+# --- probes of h along a reverse path (η = 0) ---------------------------------------------------------------
+
+@torch.no_grad()
+def delta_h_ratio(unet: nn.Module, block: nn.Module, x_T: torch.Tensor, t_edit: int, n_steps: int,
+                  alphas: torch.Tensor | None = None) -> dict:
+    """‖Δh‖ / ‖h‖ per image along the strength-1 edited path (η = 0) from ``x_T``, at every t ≥ t_edit
+    (``alphas``: the ᾱ table, default the linear-β DDPM's): how far
+    the learnt edit moves h compared with h itself (mean, min and max over images and steps)."""
+    alphas = (D.alphas_cumprod(D.linear_betas()) if alphas is None else alphas).to(x_T.device)
+    x, ratios = x_T, []
+    for t, t_next in D.generative_pairs(n_steps):
+        if t < t_edit:
+            break
+        eps, eps_edited, h, dh = unet.forward_edit(x, t, block, t_edit)
+        ratios.append(dh.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1))
+        x = D.ddim_step(x, eps, D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next), eps_edited=eps_edited)[0]
+    r = torch.cat(ratios)
+    return {"mean": round(float(r.mean()), 4), "min": round(float(r.min()), 4), "max": round(float(r.max()), 4)}
+
+
+@torch.no_grad()
+def h_swap(unet: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, t_edit: int, n_steps: int,
+           asymmetric: bool = False, alphas: torch.Tensor | None = None) -> torch.Tensor:
+    """Regenerate A from x_a (its x_T) with B's h, taken along B's own reverse path from x_b, replacing A's h at
+    every t ≥ t_edit. Symmetric (default): both the predicted x0 and the direction use the swapped ε.
+    ``asymmetric``: Asyrp's step — only the predicted x0 uses it, the direction keeps A's own ε — i.e. the edit of a
+    delta block whose Δh is exactly h_B − h_A."""
+    alphas = (D.alphas_cumprod(D.linear_betas()) if alphas is None else alphas).to(x_a.device)
+    for t, t_next in D.generative_pairs(n_steps):
+        h_a, skips, temb = unet.encode(x_a, t)
+        h_b, skips_b, temb_b = unet.encode(x_b, t)
+        a_t, a_next = D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next)
+        eps_b = unet.decode(h_b, skips_b, temb_b, x_b, t)
+        if t < t_edit:
+            eps_a, eps_edited = unet.decode(h_a, skips, temb, x_a, t), None
+        elif asymmetric:
+            eps_a, eps_edited = unet.decode(h_a, skips, temb, x_a, t), unet.decode(h_b, skips, temb, x_a, t)
+        else:
+            eps_a, eps_edited = unet.decode(h_b, skips, temb, x_a, t), None
+        x_a = D.ddim_step(x_a, eps_a, a_t, a_next, eps_edited=eps_edited)[0]
+        x_b = D.ddim_step(x_b, eps_b, a_t, a_next)[0]
+    return x_a

@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from asyrp import diffusion as D
 from asyrp import sampling
+from asyrp.pipeline import fast
 from asyrp.pipeline import train as T
 from asyrp.bench.guard import T_0, T_EDIT
 
@@ -60,7 +61,7 @@ def edit_flops_per_image(unet, x0: torch.Tensor, delta, alphas: torch.Tensor, pr
                          n_inv_step: int = 40, n_test_step: int = 40, t_0: int = T_0, t_edit: int = T_EDIT) -> float:
     """FLOPs per image of inversion + edited generation from counted single steps: a plain U-Net pass (one inversion
     step) and a 2-step generation (t_0 edited, 0 plain), each scaled by its number of steps."""
-    with torch.no_grad(), T.autocast(x0.device, precision):
+    with torch.no_grad(), fast.autocast(x0.device, precision):
         f_plain = count_flops(lambda: sampling.invert(unet, x0, alphas, 2, t_0))
         f_gen2 = count_flops(lambda: sampling.generate(unet, x0, alphas, 2, t_0, delta=delta, t_edit=t_edit))
     f_edit = f_gen2 - f_plain

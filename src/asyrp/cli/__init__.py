@@ -25,7 +25,7 @@ import warnings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("asyrp.demo", "run the whole method end to end (default: the offline shapes world, no download)"),
+    "demo": ("asyrp.cli.demo", "run the whole method end to end (default: the offline shapes world, no download)"),
     "download": ("asyrp.cli.download", "download and verify weights (DDPM, CLIP, Inception, official directions)"),
     "prepare-lmdb": ("asyrp.cli.prepare_lmdb", "build a CelebA-HQ style LMDB from an image folder"),
     "precompute": ("asyrp.cli.precompute", "DDIM-invert images once into the inversion cache"),
@@ -35,14 +35,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("asyrp.cli.figures", "regenerate the report's figures from saved runs"),
     "report": ("asyrp.cli.report", "regenerate the report's Markdown tables from result JSONs"),
     "run-experiment": ("asyrp.cli.run_experiment", "train → edit → evaluate every run of an experiment family"),
-    "train-backbone": ("asyrp.worlds.train_backbone", "train the tiny DDPM of the shapes world"),
-    "train-clip": ("asyrp.worlds.train_clip", "train the tiny CLIP of the shapes world"),
+    "train-backbone": ("asyrp.cli.train_backbone", "train the tiny DDPM of the shapes world"),
+    "train-clip": ("asyrp.cli.train_clip", "train the tiny CLIP of the shapes world"),
     "bench": ("asyrp.cli.bench", "benchmark training and editing: reference vs fast mode"),
     "app": ("asyrp.cli.app", "an editor in the browser: pick an image, directions and strengths, see the edit"),
 }
 
 
 from asyrp.errors import UserError  # noqa: F401
+from asyrp import __version__
 
 
 class UsageError(UserError):
@@ -76,7 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from asyrp import __version__
     return __version__
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 
 from asyrp.attributes import attribute_table
 from asyrp.clip_loss import CLIP_ARCHS
 from asyrp.models.inception import FID_WEIGHTS_FILE
-from asyrp.pipeline.evaluate import evaluate_run
+from asyrp.pipeline.evaluate import evaluate_folders, evaluate_run
+
+# evaluate_folders' defaults are the command's (and a study family's, asyrp.study.families.EVAL_DEFAULTS)
+DEFAULTS = {name: p.default for name, p in inspect.signature(evaluate_folders).parameters.items()}
 
 
 def _attribute_texts(name: str) -> tuple[str, str]:
@@ -28,9 +32,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     texts.add_argument("--attr", help="attribute name from the package table (gives the source/target texts)")
     texts.add_argument("--src", help="source text (with --trg)")
     parser.add_argument("--trg", help="target text (with --src)")
-    parser.add_argument("--clip-model", default="ViT-B/32", choices=list(CLIP_ARCHS), help="CLIP for S_dir")
+    parser.add_argument("--clip-model", default=DEFAULTS["clip_model"], choices=list(CLIP_ARCHS), help="CLIP for S_dir")
     parser.add_argument("--clip-weights", help="CLIP weights file (default: the weights registry)")
-    parser.add_argument("--prompts", default="templates", choices=["templates", "single"],
+    parser.add_argument("--prompts", default=DEFAULTS["prompt_mode"], choices=["templates", "single"],
                         help="text direction: 79-template average (default) or the single raw prompts")
     parser.add_argument("--no-antialias", dest="antialias", action="store_false",
                         help="resize for CLIP without antialiasing (as the training loss does)")
@@ -39,10 +43,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", help="CSV of (image name, group label) rows: metrics per group too")
     parser.add_argument("--no-fid", dest="fid", action="store_false", help="skip FID and KID")
     parser.add_argument("--no-sdir", dest="sdir", action="store_false", help="skip S_dir")
-    parser.add_argument("--kid-subsets", type=int, default=100)
-    parser.add_argument("--kid-subset-size", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0, help="KID subset seed")
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--kid-subsets", type=int, default=DEFAULTS["kid_subsets"])
+    parser.add_argument("--kid-subset-size", type=int, default=DEFAULTS["kid_subset_size"])
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="KID subset seed")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA if available)")
     parser.add_argument("--out", help="output JSON (default RUN_DIR/eval.json; RUN_DIR/eval_<edited dir><suffix>.json "
                         "with --edited-dir / --edited-suffix)")

@@ -65,8 +65,6 @@ def main(args: argparse.Namespace) -> int:
     device = default_device(cfg.device)
     backbone = None
     if args.unet_config or args.weights_dir:
-
-
         config = yaml.safe_load(Path(args.unet_config).read_text()) if args.unet_config else None
         backbone = load_backbone(cfg.backbone, config=config, weights_dir=args.weights_dir, device=device)
     clip = None

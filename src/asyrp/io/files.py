@@ -116,7 +116,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def default_device(requested: str | None = None):
     """``requested`` if given, else CUDA when present, else CPU (a torch.device)."""
-    import torch
+    import torch  # as in atomic_torch_save: light commands start without torch
 
     if requested:
         return torch.device(requested)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pytorch_fid.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2, _inception_v3
 from torch import nn
 
 from asyrp.io import weights as registry
@@ -30,8 +31,6 @@ class FIDInceptionV3(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from pytorch_fid.inception import (FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2,
-                                           _inception_v3)
         net = _inception_v3(num_classes=1008, aux_logits=False, weights=None)  # torchvision, no weights fetched
         net.Mixed_5b = FIDInceptionA(192, pool_features=32)
         net.Mixed_5c = FIDInceptionA(256, pool_features=64)

@@ -33,6 +33,11 @@ from asyrp.models.delta import CheckpointError, DeltaBlockConfig, load_delta_blo
 from asyrp.pipeline.run_record import read_direction, resolve_edit_times
 from asyrp.plots import folder_label, save_png, save_rows
 from asyrp.io.weights import MissingWeightsError, resolve_direction
+from asyrp.backbones import load_clip_model
+from asyrp.backbones import load_backbone
+import json
+from asyrp.pipeline.inversion import InversionSettings, load_entries
+from asyrp.plots import load_png
 
 
 @dataclass
@@ -126,7 +131,6 @@ def choose_timesteps(cfg: EditConfig, directions: list[Direction], backbone, wei
 
 def _text_cosine(direction: Direction, backbone, weights_dir: str | None, device) -> float:
     """cos(E_T(src), E_T(trg)) of a direction's raw texts with the backbone's CLIP (the original's t_edit input)."""
-    from asyrp.backbones import load_clip_model  # as load_backbone in edit(): the models are imported when used
     try:
         encoder, _ = load_clip_model(backbone.default_clip, weights_dir=weights_dir, device=device or "cpu")
     except MissingWeightsError:
@@ -176,7 +180,6 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
     out_dir = Path(out_dir)
     device = default_device(cfg.device)
     is_main = distributed is None or distributed.rank == 0
-    from asyrp.backbones import load_backbone
     if backbone is None:
         backbone = load_backbone(cfg.backbone, weights_dir=weights_dir, device=device)
     unet = backbone.unet.to(device)
@@ -196,14 +199,12 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
     if is_main:
         previous = out_dir / "edit.json"
         if previous.exists():
-            import json
             old = json.loads(previous.read_text())
             if {k: old.get(k) for k in ("config", "directions")} != {k: record[k] for k in ("config", "directions")}:
                 raise UserError(f"output folder {out_dir} holds another edit run; choose a new --out")
         elif out_dir.exists() and any(out_dir.iterdir()):
             raise UserError(f"output folder {out_dir} is not empty and holds no asyrp edit run; choose a new --out")
     if entries is None:
-        from asyrp.pipeline.inversion import InversionSettings, load_entries
         entries = load_entries(backbone, cfg.data, cfg.n_images, cfg.cache_dir, cfg.split, cfg.image_start,
                                cfg.sample_seed, InversionSettings(cfg.n_inv_step, cfg.t_0), cfg.batch_size, device,
                                progress and is_main, distributed=distributed)
@@ -238,7 +239,6 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
     if distributed is not None:
         distributed.barrier()
     if is_main:
-        from asyrp.plots import load_png
         shown = [entries[i]["name"] for i in order[:8]]
         folders = ["original", "reconstructed"] + [s["folder"] for s in settings]
         save_rows(out_dir / "grid.png", [[load_png(out_dir / f / f"{n}.png") for f in folders] for n in shown],

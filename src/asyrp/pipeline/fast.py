@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from asyrp.models.unet import forward_edit_with, per_sample_timesteps
+from asyrp.io.weights import asyrp_home
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -57,7 +58,6 @@ def resolve_compile(compile: bool | None, device: torch.device | str) -> bool:
 
 
 def compile_cache_dir() -> Path:
-    from asyrp.io.weights import asyrp_home
     return asyrp_home() / "compile"
 
 

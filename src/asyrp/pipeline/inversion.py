@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 from asyrp import diffusion as D
 from asyrp import sampling
 from asyrp.io.files import atomic_torch_save, default_device
+from asyrp.io.weights import asyrp_home
+from asyrp.io.datasets import open_images
 
 CACHE_VERSION = 1
 
@@ -31,7 +33,6 @@ class InversionSettings:
 
 
 def default_cache_root() -> Path:
-    from asyrp.io.weights import asyrp_home
     return asyrp_home() / "inversions"
 
 
@@ -151,7 +152,6 @@ def load_entries(backbone, data: str, n: int, root: str | os.PathLike | None = N
                 fill(mine[0], len(mine), False)
             distributed.barrier()
         return fill(0, n, progress)
-    from asyrp.io.datasets import open_images
     dataset = open_images(data, backbone.unet.image_size, split=split, n=n, start=start)
     items = [dataset[i] for i in range(len(dataset))]
     if distributed is not None:

@@ -38,6 +38,11 @@ from asyrp.io.files import append_jsonl, atomic_json, atomic_torch_save, default
 from asyrp.models.delta import DeltaBlockConfig, build_delta_block, load_delta_block, save_delta_block
 from asyrp.pipeline.run_record import resolve_texts, resolve_training
 from asyrp.pipeline.train_config import TrainConfig, make_optimizer, step_precision
+from asyrp.clip_loss import CLIPDirection
+from asyrp.backbones import load_backbone, load_clip_model
+from asyrp.pipeline.inversion import InversionSettings, load_entries
+from asyrp import sampling
+from asyrp.plots import save_rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,7 +88,6 @@ def check_run_dir(run_dir: Path, config_record: dict, resume: bool) -> bool:
 
 def make_direction(encoder, clip_size: int, cfg: TrainConfig, device):
     """The CLIP direction of a run (text direction computed once)."""
-    from asyrp.clip_loss import CLIPDirection
     texts = resolve_texts(cfg.attribute, cfg.src, cfg.trg)
     return CLIPDirection(encoder, texts.src, texts.trg, templates=cfg.clip_templates, antialias=cfg.clip_antialias,
                          image_size=clip_size).to(device)
@@ -152,7 +156,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
     device = default_device(cfg.device)
     is_main = distributed is None or distributed.rank == 0
 
-    from asyrp.backbones import load_backbone, load_clip_model
     if backbone is None:
         backbone = load_backbone(cfg.backbone, device=device)
     if clip is None:
@@ -171,7 +174,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, backbone=None, clip=None, entri
         distributed.barrier()
 
     if entries is None:
-        from asyrp.pipeline.inversion import InversionSettings, load_entries
         entries = load_entries(backbone, cfg.data, cfg.n_images, cfg.cache_dir, cfg.split, cfg.image_start,
                                cfg.sample_seed, InversionSettings(cfg.n_inv_step, cfg.t_0), device=device,
                                progress=progress and is_main, distributed=distributed)
@@ -388,8 +390,6 @@ def _train_batch(session: Session, entries, idx, pending, pairs, distributed, gl
 @torch.no_grad()
 def write_preview(path: Path, session: Session, entries, idx) -> None:
     """x0 | reconstruction | edit (strength 1, the training grid, quality boosting below t_boost) for a batch."""
-    from asyrp import sampling
-    from asyrp.plots import save_rows
 
     cfg, res, block = session.cfg, session.res, session.block
     was_training = block.training

@@ -52,7 +52,7 @@ def loss_series(log: str | Path, term: str = "loss", per_image: bool = False) ->
 
 def _new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.0):
     # lazily: matplotlib takes seconds to import and only the line plots need it
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # slow to import: only when a plot is drawn
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width * ncols, height), dpi=120, layout="constrained")

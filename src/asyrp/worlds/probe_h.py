@@ -11,7 +11,7 @@ For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source v
   images: from which t on the prediction — what Asyrp edits — tells the two apart;
 * ``h_linear_probe``: is the attribute in h at all? A ridge-regression read-out of the attribute from h of
   forward-noised images at a few t, fitted on ``n_train`` images and scored on ``n_test`` others (chance 1/values);
-* the h-swap ceilings (:func:`asyrp.demo.h_swap_latents`, then :func:`asyrp.demo.h_swap_reads` on one set of latents
+* the h-swap ceilings (:func:`asyrp.worlds.demo.h_swap_latents`, then :func:`asyrp.worlds.demo.h_swap_reads` on one set of latents
   for both swaps), for real (inverted) and sampled images: symmetric (B's ε for the predicted x0 and the direction)
   and asymmetric (Asyrp's step: only the predicted x0 uses B's h).
 
@@ -25,10 +25,15 @@ import argparse
 
 import torch
 
+from asyrp import diffusion as D
+from asyrp import sampling
+from asyrp.io.files import atomic_json
+from asyrp.worlds import shapes
+from asyrp.worlds.demo import SHAPES_DIRECTIONS, h_swap_latents, h_swap_reads
+
 
 def load_ddpm(path: str | None, device: str = "cpu"):
     """The shipped DDPM (None), an exported ddpm.pt, or the EMA weights of a train-backbone checkpoint.pt."""
-    from asyrp.worlds import shapes
     if path is None:
         return shapes.load_tiny_ddpm(device)
     obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -40,9 +45,6 @@ def load_ddpm(path: str | None, device: str = "cpu"):
 @torch.no_grad()
 def h_sensitivity(unet, attribute: str = "color", src_value: str = "red", trg_value: str = "blue", n: int = 8,
                   seed: int = 3, n_steps: int = 20) -> dict:
-    from asyrp import diffusion as D
-    from asyrp import sampling
-    from asyrp.worlds import shapes
 
     device = next(unet.parameters()).device
     specs = shapes.sample_specs(n, seed, constraints={attribute: src_value})
@@ -80,9 +82,6 @@ def h_linear_probe(unet, attribute: str = "color", timesteps=(420, 600, 800), n_
                    seed: int = 11, ridge: float = 10.0) -> dict:
     """Held-out accuracy of a linear (ridge, one-hot targets) read-out of ``attribute`` from the flattened h of
     x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε, per t; features standardised on the training images."""
-    from asyrp import diffusion as D
-    from asyrp.worlds import shapes
-
     device = next(unet.parameters()).device
     values = shapes.ATTRIBUTES[attribute]
     x0, specs = shapes.random_batch(n_train + n_test, seed, unet.image_size)
@@ -104,13 +103,12 @@ def h_linear_probe(unet, attribute: str = "color", timesteps=(420, 600, 800), n_
 
 
 def main(argv: list[str] | None = None) -> int:
-    from asyrp.demo import SHAPES_DIRECTIONS, h_swap_latents, h_swap_reads
 
     p = argparse.ArgumentParser(prog="python -m asyrp.worlds.probe_h", description=__doc__.split("\n")[0])
     p.add_argument("--ddpm", help="ddpm.pt or a train-backbone checkpoint.pt (default: the shipped DDPM)")
     p.add_argument("--attribute", choices=sorted(SHAPES_DIRECTIONS), default="color")
     p.add_argument("--n", type=int, default=8, help="pairs for the sensitivity; the h-swap uses 2n")
-    p.add_argument("--t-edit", type=int, default=500)
+    p.add_argument("--t-edit", type=int, default=shapes.T_EDIT)
     p.add_argument("--no-swap", action="store_true", help="skip the h-swap ceilings (the sampled one takes minutes)")
     p.add_argument("--swap-images", default="real,sampled",
                    help="which h-swap ceilings: real, sampled or both (sampled needs a DDPM that generates the values)")
@@ -144,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind} h-swap at t ≥ {hs['t_edit']}, {hs['images']} images: {hs['transferred']:.2f} read as "
                   f"{trg}, {hs['kept']:.2f} still {src} (n = {hs['n']})")
     if a.out:
-        from asyrp.io.files import atomic_json
         atomic_json(a.out, result)
     return 0
 

@@ -22,10 +22,14 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from asyrp.models.unet import DDPMUNet, load_backbone_state_dict
+from asyrp.worlds.tiny_clip import build_clip, load_clip_state, make_tokenizer
 
 # --------------------------------------------------------------------------------------------------
 # Vocabulary and palette
@@ -50,6 +54,10 @@ JITTER = 4.0             # max offset of the bbox centre from the image centre (
 MARGIN = 2.0             # min distance between the shape's bbox and the image border (px at 32×32)
 SUPERSAMPLE = 4          # default anti-aliasing: 4×4 samples per pixel
 SIZE_THRESHOLD = math.sqrt(SIZES["small"] * SIZES["large"])  # 112 px²: reader's small/large boundary
+
+# t_edit of the shapes world (its demo, probes and h-swap): the world has no LPIPS table to choose one from, so
+# edits act on the upper half of the reverse process, as the CelebA-HQ directions do (t_edit ≈ 500)
+T_EDIT = 500
 
 RESOURCE_PACKAGE = "asyrp.resources"
 RESOURCE_DIR = "worlds/shapes"
@@ -446,7 +454,6 @@ def resource_path(name: str):
 def _load_resource(name: str, command: str, world_dir=None) -> dict:
     """The shipped file ``name``, or ``world_dir/name`` when a folder of retrained models is given."""
     if world_dir is not None:
-        from pathlib import Path
         ref = Path(world_dir) / name
         missing = f"{ref} does not exist; `asyrp {command}` writes {name} into its --out folder"
     else:
@@ -461,7 +468,6 @@ def _load_resource(name: str, command: str, world_dir=None) -> dict:
 
 def ddpm_from_checkpoint(obj: Mapping[str, Any], device: str | torch.device = "cpu"):
     """A DDPMUNet (fp32, eval, frozen) from a saved shapes-world DDPM dict ({"config", "state_dict", ...})."""
-    from asyrp.models.unet import DDPMUNet, load_backbone_state_dict
     model = DDPMUNet(obj["config"])
     load_backbone_state_dict(model, {k: v.float() for k, v in obj["state_dict"].items()}, source="shapes ddpm")
     return model.eval().requires_grad_(False).to(device)
@@ -475,8 +481,8 @@ def load_tiny_ddpm(device: str | torch.device = "cpu", world_dir=None):
 
 def clip_from_checkpoint(obj: Mapping[str, Any], device: str | torch.device = "cpu"):
     """(OpenClipEncoder, image_size) from a saved shapes-world CLIP dict."""
+    # lazy: asyrp.clip_loss imports torchvision (≈2 s), which the app's start and the DDPM-only paths do not need
     from asyrp.clip_loss import OpenClipEncoder
-    from asyrp.worlds.tiny_clip import build_clip, load_clip_state, make_tokenizer
     cfg = obj["config"]
     model = build_clip(cfg)
     load_clip_state(model, obj)

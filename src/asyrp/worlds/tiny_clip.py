@@ -36,7 +36,7 @@ def default_config(embed_dim: int = 128, width: int = 128, vision_layers: int = 
 
 def build_clip(cfg: Mapping[str, Any]):
     """open_clip.model.CLIP from a config dict (see :func:`default_config`), QuickGELU, fp32."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # lazy: open_clip takes seconds to import
     vision_kw = dict(cfg["vision"])
     if isinstance(vision_kw["layers"], list):  # a list of per-stage depths selects open_clip's ModifiedResNet
         vision_kw["layers"] = tuple(vision_kw["layers"])
@@ -47,7 +47,7 @@ def build_clip(cfg: Mapping[str, Any]):
 
 def make_tokenizer(cfg: Mapping[str, Any]):
     """The standard open_clip BPE tokenizer (bundled with open_clip; no network) at the stored context length."""
-    import open_clip
+    import open_clip  # lazy: open_clip takes seconds to import
     return open_clip.get_tokenizer(cfg["tokenizer"], context_length=cfg["context_length"])
 
 

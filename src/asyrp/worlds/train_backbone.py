@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
 
 from asyrp import diffusion, sampling
 from asyrp.io.files import (
@@ -34,6 +36,7 @@ from asyrp.io.files import (
     atomic_torch_save,
     read_jsonl,
 )
+from asyrp.models.unet import DDPMUNet
 from asyrp.worlds import shapes
 
 FORMAT = "asyrp-shapes-ddpm-v1"
@@ -57,7 +60,6 @@ def ddim_invert(model, x0: torch.Tensor, n_steps: int = 40, batch_size: int = 25
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 2, pad: int = 2) -> None:
     """[−1, 1] images → one PNG grid (nearest-neighbour upscaled ×``scale``), written atomically."""
-    from PIL import Image
     arr = shapes.to_uint8(images)
     n, s = arr.shape[0], arr.shape[1]
     rows = math.ceil(n / nrow)
@@ -199,61 +201,6 @@ def init_antisymmetric_output(model) -> None:
         model.conv_out.weight[:, 1::2] = -model.conv_out.weight[:, 0::2]
 
 
-def add_run_arguments(p: argparse.ArgumentParser, log_every: int) -> None:
-    """Logging, checkpointing, resuming and export options shared by train-backbone and train-clip."""
-    p.add_argument("--log-every", type=int, default=log_every)
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--stop-at", type=int, default=None,
-                   help="checkpoint and exit at this step without exporting, as if interrupted (resume later)")
-    p.add_argument("--fp32", action="store_true", help="ship fp32 weights instead of fp16")
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/shapes_ddpm", help="output folder (checkpoint, log, ddpm.pt, samples)")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor, as a share of --lr")
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--ch", type=int, default=32)
-    p.add_argument("--ch-mult", default="1,2,3,4")
-    p.add_argument("--num-res-blocks", type=int, default=1)
-    p.add_argument("--attn", default="8", help="attention resolutions, comma separated")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--skip-resolutions", default="",
-                   help="resolutions whose encoder features reach the decoder, comma separated (default: all, the "
-                        "standard U-Net); e.g. 32 keeps only the full-resolution skips, so global content passes h")
-    p.add_argument("--h-only-from-t", type=int, default=None,
-                   help="at t >= this timestep the decoder gets no skip connections and predicts x0 from h alone "
-                        "(ε derived from it; x0-MSE loss there); default: off, the standard U-Net")
-    p.add_argument("--init-from", default=None,
-                   help="start from the weights of a ddpm.pt with the same network options (fine-tuning)")
-    p.add_argument("--offset-noise", type=float, default=0.0,
-                   help="add a per-image, per-channel constant N(0, s²) to ε during training (\"offset noise\"), so "
-                        "the network learns the per-channel mean (DC) of the noise; 0: the plain ε ~ N(0, I)")
-    p.add_argument("--antisym-init", action="store_true",
-                   help="initialise the output head antisymmetrically so it passes the per-image channel means (see "
-                        "init_antisymmetric_output); needs ch × ch_mult[0] = 64")
-    p.add_argument("--object-weight", type=float, default=0.0,
-                   help="weight the shape's pixels in the loss: each pixel's squared error is multiplied by 1 + W × "
-                        "(the share of the pixel the shape covers), so that errors on the object weigh more than on "
-                        "the background it sits on (a small shape covers 6 %% of the image); 0: the plain mean over "
-                        "pixels")
-    add_run_arguments(p, log_every=50)
-    p.add_argument("--sample-steps", type=int, default=40)
-    p.add_argument("--eval-samples", type=int, default=1000, help="generated samples scored by the reader (0: skip)")
-    p.add_argument("--eval-invert", type=int, default=200, help="real images inverted and regenerated (0: skip)")
-    p.add_argument("--no-progress", action="store_true")
-
-
 def open_run(args: argparse.Namespace, log_name: str) -> tuple[torch.device, Path, Path, Path]:
     """Threads, device and the output folder of a training run: (device, out, checkpoint path, log path)."""
     torch.set_num_threads(args.threads)
@@ -299,13 +246,11 @@ def last_logged_loss(log_path: Path) -> float:
     return float(np.mean([r["loss"] for r in records[-10:]])) if records else float("nan")
 
 
-def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-
+def train(args: argparse.Namespace) -> int:
+    """Train (or resume) the tiny DDPM with the options of ``asyrp train-backbone`` (:mod:`asyrp.cli.train_backbone`);
+    writes OUT/ddpm.pt and its log. Returns 0 (an exit status: the CLI returns it)."""
     device, out, ckpt_path, log_path = open_run(args, "ddpm_train_log.jsonl")
 
-    from asyrp.models.unet import DDPMUNet
     config = model_config(args)
     torch.manual_seed(args.seed)
     model = DDPMUNet(config).to(device)

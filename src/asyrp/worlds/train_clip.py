@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from asyrp.clip_loss import (
     CLIPDirection,
@@ -39,15 +40,14 @@ from asyrp.io.files import (
     atomic_torch_save,
 )
 from asyrp.worlds import shapes
-from asyrp.worlds.tiny_clip import (  # noqa: F401  (the model's names, also used from here)
+from asyrp.worlds.shapes import clip_from_checkpoint
+from asyrp.worlds.tiny_clip import (
     build_clip,
     default_config,
     export_state,
-    load_clip_state,
     make_tokenizer,
 )
 from asyrp.worlds.train_backbone import (
-    add_run_arguments,
     checkpoint_or_stop,
     last_logged_loss,
     load_resume_checkpoint,
@@ -210,40 +210,9 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/shapes_clip")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--embed-dim", type=int, default=128)
-    p.add_argument("--width", type=int, default=128, help="width of both towers")
-    p.add_argument("--vision-layers", type=int, default=3)
-    p.add_argument("--text-layers", type=int, default=3)
-    p.add_argument("--patch-size", type=int, default=4)
-    p.add_argument("--vision", dest="vision_kind", choices=("vit", "resnet"), default="vit",
-                   help="image tower: vit (4-px patches) or resnet (open_clip's ModifiedResNet)")
-    p.add_argument("--resnet-width", type=int, default=32, help="stem width of the ResNet tower")
-    p.add_argument("--context-length", type=int, default=24,
-                   help="token context (the longest template + full caption is 18 tokens)")
-    p.add_argument("--image-size", type=int, default=32)
-    add_run_arguments(p, log_every=25)
-    p.add_argument("--eval-images", type=int, default=1000, help="held-out images for zero-shot accuracy (0: skip)")
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="log zero-shot accuracy on 200 held-out images every N steps (0: only at the end)")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from asyrp.worlds.shapes import clip_from_checkpoint
-
+def train(args: argparse.Namespace) -> int:
+    """Train (or resume) the tiny CLIP with the options of ``asyrp train-clip`` (:mod:`asyrp.cli.train_clip`); writes
+    OUT/clip.pt and its log. Returns 0 (an exit status: the CLI returns it)."""
     device, out, ckpt_path, log_path = open_run(args, "clip_train_log.jsonl")
     cfg = default_config(args.embed_dim, args.width, args.vision_layers, args.text_layers, args.patch_size,
                          args.context_length, args.image_size, args.vision_kind, args.resnet_width)
