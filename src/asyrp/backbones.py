@@ -22,7 +22,7 @@ from torch import nn
 
 from asyrp.io.files import atomic_torch_save
 from asyrp.models.adm import AFHQ_DICT, METFACE_DICT, ADMUNet, adm_config
-from asyrp.models.delta import CheckpointError, read_checkpoint
+from asyrp.models.checkpoint import CheckpointError, read_checkpoint
 from asyrp.models.diffusers_ddpm import is_diffusers_folder, load_diffusers_unet
 from asyrp.models.unet import CELEBA_HQ_256, DDPMUNet, HSpaceUNet, load_backbone_state_dict, unet_config
 from asyrp.io import weights as registry

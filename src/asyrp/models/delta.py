@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
-import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,6 +36,7 @@ from torch import nn
 
 from asyrp.io.files import atomic_torch_save, atomic_write_bytes
 from asyrp.models.adm import normalization
+from asyrp.models.checkpoint import CheckpointError, key_mismatch, read_checkpoint
 from asyrp.io.weights import resolve_direction
 
 KINDS = ("conv", "pixel", "channel", "pixel_channel", "channel_pixel", "adm")
@@ -298,14 +297,6 @@ def seed_config(ctor_kwargs: Mapping[str, Any], spatial_size: int = 8) -> DeltaB
 # Checkpoints
 # --------------------------------------------------------------------------------------------------
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the one-line message names the file and the fix."""
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    atomic_torch_save(obj, path)  # no partial file on a full disk, the umask's permissions
-
-
 def save_delta_block(block: DeltaBlock | ADMDeltaBlock, path: str | os.PathLike, **meta) -> Path:
     """Write ``{"format", "version", "config", "state_dict", "meta"}`` atomically (temp file + rename).
 
@@ -320,7 +311,7 @@ def save_delta_block(block: DeltaBlock | ADMDeltaBlock, path: str | os.PathLike,
             "format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
             "config": json.dumps(block.config.to_dict()), "meta": json.dumps(dict(meta))}))
         return path
-    _atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                   "config": block.config.to_dict(), "state_dict": state, "meta": dict(meta)}, path)
     return path
 
@@ -343,45 +334,11 @@ def _read_safetensors(path: Path) -> dict:
         raise CheckpointError(f"{path}: broken asyrp metadata in the safetensors header ({e}); re-export it") from None
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load`` (weights only, on CPU) with one-line errors for missing, truncated and foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file; check the path (or download it: asyrp download)")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if not head:
-        raise CheckpointError(f"{path}: empty file (0 bytes); re-download or re-save it")
-    if head == b"PK":  # torch's zip format: a truncated file has no readable central directory
-        try:
-            with zipfile.ZipFile(path) as z:
-                z.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({e}); re-download or re-save it") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types here; classify them into one actionable line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        if head != b"PK" and head[:1] != b"\x80":
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}); pass a .pth/.pt file") from None
-        if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e):
-            raise CheckpointError(f"{path}: holds objects other than tensors and plain data, refused by the safe "
-                                  f"loader ({first})") from None
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {first}); "
-                              "re-download or re-save it") from None
-
-
 def _strict_load(block: DeltaBlock | ADMDeltaBlock, state: Mapping[str, torch.Tensor], path: Path,
                  what: str) -> None:
-    own = block.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)}≠{tuple(v.shape)}" for k, v in own.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or extra or wrong:
-        parts = [f"{len(ks)} {name}: {', '.join(ks[:4])}{' …' if len(ks) > 4 else ''}"
-                 for name, ks in (("missing", missing), ("unexpected", extra), ("shape mismatch", wrong)) if ks]
-        raise CheckpointError(f"{path}: {what} does not fit {block.config} — {'; '.join(parts)}; "
+    mismatch = key_mismatch(block.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{path}: {what} does not fit {block.config} — {mismatch}; "
                               "give the config the file was trained with")
     block.load_state_dict(state, strict=True)
 

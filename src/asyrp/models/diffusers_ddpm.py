@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file
 
-from asyrp.models.delta import read_checkpoint
+from asyrp.models.checkpoint import read_checkpoint
 from asyrp.models.unet import DDPMUNet, load_backbone_state_dict
 
 CONFIG_NAME = "config.json"

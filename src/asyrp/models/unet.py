@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asyrp import diffusion
+from asyrp.models.checkpoint import BackboneLoadError, key_mismatch
 
 # Keys of the reference YAML ``model:`` block that define the network, plus the image size.
 CONFIG_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
@@ -344,10 +345,6 @@ def forward_edit_with(encode, decode, x: torch.Tensor, t: torch.Tensor | float |
 # Strict loading
 # --------------------------------------------------------------------------------------------------
 
-class BackboneLoadError(ValueError):
-    """A backbone checkpoint does not fit the network; the message names the file, the keys and the fix."""
-
-
 def load_backbone_state_dict(model: HSpaceUNet, state_dict: Mapping[str, torch.Tensor], source: str = "<state dict>",
                              allow_prefixes: tuple[str, ...] = ("layer_",)) -> None:
     """Strictly load a state dict (ddim layout for DDPMUNet, original key names for ADMUNet). Only keys under
@@ -357,16 +354,9 @@ def load_backbone_state_dict(model: HSpaceUNet, state_dict: Mapping[str, torch.T
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}  # saved from DataParallel
     own = model.state_dict()
-    extra = [k for k in state_dict if k not in own and not k.startswith(allow_prefixes)]
-    missing = [k for k in own if k not in state_dict]
-    wrong = [f"{k} {tuple(state_dict[k].shape)}≠{tuple(v.shape)}" for k, v in own.items()
-             if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    if missing or extra or wrong:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", extra), ("shape mismatch", wrong)):
-            if keys:
-                parts.append(f"{len(keys)} {name}: {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''}")
-        raise BackboneLoadError(f"{source} does not fit {type(model).__name__}{model.config} — {'; '.join(parts)}. "
+    mismatch = key_mismatch(own, state_dict, allow_extra=allow_prefixes, show=6)
+    if mismatch:
+        raise BackboneLoadError(f"{source} does not fit {type(model).__name__}{model.config} — {mismatch}. "
                                 f"Check that the file is the {getattr(model, 'checkpoint_layout', 'ddim-layout')} "
                                 "checkpoint for this config.")
     model.load_state_dict({k: state_dict[k] for k in own}, strict=True)

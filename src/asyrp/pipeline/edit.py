@@ -29,7 +29,8 @@ from asyrp import sampling
 from asyrp.errors import UserError
 from asyrp.clip_loss import CLIPDirection
 from asyrp.io.files import atomic_json, default_device
-from asyrp.models.delta import CheckpointError, DeltaBlockConfig, load_delta_block
+from asyrp.models.checkpoint import CheckpointError
+from asyrp.models.delta import DeltaBlockConfig, load_delta_block
 from asyrp.pipeline.run_record import read_direction, resolve_edit_times
 from asyrp.plots import folder_label, save_png, save_rows
 from asyrp.io.weights import MissingWeightsError, resolve_direction
