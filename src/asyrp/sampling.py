@@ -98,17 +98,18 @@ def image_generators(seed: int, indices: Sequence[int], device: str | torch.devi
 
 @torch.no_grad()
 def delta_h_ratio(unet: nn.Module, block: nn.Module, x_T: torch.Tensor, t_edit: int, n_steps: int,
-                  alphas: torch.Tensor | None = None) -> dict:
-    """‖Δh‖ / ‖h‖ per image along the strength-1 edited path (η = 0) from ``x_T``, at every t ≥ t_edit
-    (``alphas``: the ᾱ table, default the linear-β DDPM's): how far
-    the learnt edit moves h compared with h itself (mean, min and max over images and steps)."""
+                  alphas: torch.Tensor | None = None, strength: float = 1.0) -> dict:
+    """‖strength·Δh‖ / ‖h‖ per image along the edited path of that strength (η = 0, h̃ = h + strength·Δh) from
+    ``x_T``, at every t ≥ t_edit (``alphas``: the ᾱ table, default the linear-β DDPM's): how far the learnt edit
+    moves h compared with h itself (mean, min and max over images and steps). Strength 0 walks the unedited path
+    and gives 0; the edit is small in the paper's sense when the ratio stays well below 1."""
     alphas = (D.alphas_cumprod(D.linear_betas()) if alphas is None else alphas).to(x_T.device)
     x, ratios = x_T, []
     for t, t_next in D.generative_pairs(n_steps):
         if t < t_edit:
             break
-        eps, eps_edited, h, dh = unet.forward_edit(x, t, block, t_edit)
-        ratios.append(dh.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1))
+        eps, eps_edited, h, dh = unet.forward_edit(x, t, block, t_edit, c1=strength)
+        ratios.append(abs(strength) * dh.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1))
         x = D.ddim_step(x, eps, D.alpha_bar(alphas, t), D.alpha_bar(alphas, t_next), eps_edited=eps_edited)[0]
     r = torch.cat(ratios)
     return {"mean": round(float(r.mean()), 4), "min": round(float(r.min()), 4), "max": round(float(r.max()), 4)}

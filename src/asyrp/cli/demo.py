@@ -1,5 +1,6 @@
 """``asyrp demo``: argparse and printing for the shapes-world demo (:mod:`asyrp.worlds.demo`, default, offline) and
-the CelebA-HQ one (:mod:`asyrp.pipeline.celeba_demo`)."""
+the CelebA-HQ one (:mod:`asyrp.pipeline.celeba_demo`); ``--seeds`` runs the shapes demo once per seed and prints the
+summary over seeds (:mod:`asyrp.worlds.demo_seeds`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ import argparse
 from pathlib import Path
 
 from asyrp.config import at_least, parse_numbers
+from asyrp.errors import UserError
 from asyrp.models.delta import KINDS
 from asyrp.pipeline import celeba_demo
-from asyrp.worlds import demo, shapes
+from asyrp.worlds import demo, demo_seeds, shapes
+
+
+def seed_list(text: str) -> list[int]:
+    """An argparse ``type``: "0,1,2" → [0, 1, 2] (integers only, one line on error)."""
+    values = parse_numbers(text)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise argparse.ArgumentTypeError(f"expected integer seeds separated by commas (e.g. 0,1,2), got {text!r}")
+    return values
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -22,7 +32,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="trg_value", help="target value (e.g. blue)")
     p.add_argument("--kind", default="conv", choices=KINDS,
                    help="delta block: conv (official) or a transformer kind")
-    p.add_argument("--seed", type=int, default=0)
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seeds", type=seed_list, metavar="K,L,...",
+                       help="shapes world: run the demo once per seed into OUT/seed_<k>/ and write OUT/summary.json "
+                            "(mean and min over seeds per strength, and issue 19's done-when verdict)")
     p.add_argument("--n-train", type=at_least(1), default=24)
     p.add_argument("--n-test", type=at_least(1), default=16)
     p.add_argument("--epochs", type=at_least(1), default=4)
@@ -51,28 +65,43 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.world == "celeba":
+        if args.seeds is not None:
+            raise UserError("--seeds runs the shapes world only; use --seed N with --world celeba")
         path = celeba_demo.run_celeba_demo(out, seed=args.seed, weights_dir=args.weights_dir, device=args.device)
         print(f"wrote {path}")
         return 0
-    m = demo.run_shapes_demo(out, args.direction, args.src_value, args.trg_value, kind=args.kind, seed=args.seed,
-                        n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, device=args.device,
-                        batch_size=args.batch_size, images=args.images, n_steps=args.n_steps,
-                        t_edit=args.t_edit, t_boost=args.t_boost, lr=args.lr, optimizer=args.optimizer,
-                        l1_weight=args.l1_weight,
-                        strengths=[float(v) for v in args.strengths],
-                        world_dir=args.world_dir, progress=not args.no_progress)
+    kwargs = dict(attribute=args.direction, src_value=args.src_value, trg_value=args.trg_value, kind=args.kind,
+                  n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, device=args.device,
+                  batch_size=args.batch_size, images=args.images, n_steps=args.n_steps, t_edit=args.t_edit,
+                  t_boost=args.t_boost, lr=args.lr, optimizer=args.optimizer, l1_weight=args.l1_weight,
+                  strengths=[float(v) for v in args.strengths], world_dir=args.world_dir,
+                  progress=not args.no_progress)
+    if args.seeds is None:
+        print_run(demo.run_shapes_demo(out, seed=args.seed, **kwargs), out)
+        return 0
+
+    def report(seed: int, m: dict) -> None:  # each seed's table as soon as it has run
+        print(f"--- seed {seed}")
+        print_run(m, out / f"seed_{seed}")
+    _, summary = demo_seeds.run_shapes_demo_seeds(out, args.seeds, on_seed=report, **kwargs)
+    print_summary(summary, out)
+    return 0
+
+
+def print_run(m: dict, out: Path) -> None:
+    """One demo's table (per strength) and findings, as metrics.json holds them."""
     d = m["direction"]
     print(f"shapes world: {d['src_text']!r} → {d['trg_text']!r} with a {m['block']} delta block, "
           f"{m['n_train']} training and {m['n_test']} held-out {m['images']} images")
-    print(f"{'strength':>8} {'success':>8} {'kept src':>8} {'preserve':>8} {'valid':>6} {'S_dir':>7}")
+    print(f"{'strength':>8} {'success':>8} {'kept src':>8} {'preserve':>8} {'valid':>6} {'S_dir':>7} {'‖Δh‖/‖h‖':>9}")
     for p in m["per_strength"]:
         print(f"{p['strength']:>8.2f} {p['edit_success']:>8.2f} {p['source_kept']:>8.2f} {p['preservation']:>8.2f} "
-              f"{p['valid']:>6.2f} {p['s_dir']:>7.3f}")
+              f"{p['valid']:>6.2f} {p['s_dir']:>7.3f} {p['delta_h_ratio']['mean']:>9.3f}")
     kept = next(p for p in m["per_strength"] if p["strength"] == m["strength"])["kept_by_attribute"]
     print(f"kept at strength {m['strength']:g} (valid and unchanged): "
           + ", ".join(f"{k} {v:.2f}" for k, v in kept.items()))
     r = m["delta_h_ratio"]
-    print(f"the learnt ‖Δh‖ / ‖h‖ along the edited paths: mean {r['mean']:.2f} (min {r['min']:.2f}, max {r['max']:.2f})")
+    print(f"the learnt ‖Δh‖ / ‖h‖ along the strength-1 edited paths: mean {r['mean']:.2f} (min {r['min']:.2f}, max {r['max']:.2f})")
     hs = m["h_swap"]
     print(f"h-swap ceiling: the h of {hs['to']} images B in the reverse path of {hs['from']} images A "
           f"(t ≥ {hs['t_edit']}): {round(hs['transferred'] * hs['n'])} of {hs['n']} read {hs['to']}, "
@@ -82,4 +111,22 @@ def main(args: argparse.Namespace) -> int:
           f"{lin['s_dir_sign_follows_strength']}; negative strengths not toward the target "
           f"{lin['negative_not_toward_target']}")
     print(f"{m['seconds']} s on {m['device']}; wrote {out}/grid.png, {out}/sweep.png, {out}/metrics.json")
-    return 0
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    """The table over seeds (mean / min per strength) and issue 19's done-when, as summary.json holds them."""
+    print(f"--- over seeds {', '.join(map(str, summary['seeds']))}: mean / min per strength")
+    print(f"{'strength':>8} {'success':>11} {'preserve':>11} {'valid':>11} {'‖Δh‖/‖h‖':>15}")
+    for r in summary["per_strength"]:
+        cells = [f"{r[k]['mean']:.2f} / {r[k]['min']:.2f}" for k in ("edit_success", "preservation", "valid")]
+        ratio = r["delta_h_ratio"]
+        print(f"{r['strength']:>8.2f} " + " ".join(f"{c:>11}" for c in cells)
+              + f" {ratio['mean']:>7.2f} / {ratio['min']:>5.2f}")
+    v, sec = summary["done_when"], summary["seconds"]
+    t = v["targets"]
+    print(f"issue 19 done-when (mean success >= {t['edit_success_min']}, mean preservation >= "
+          f"{t['preservation_min']}, mean ‖Δh‖/‖h‖ <= {t['delta_h_ratio_max']} at one strength; each run <= "
+          f"{t['seconds_max']:g} s): {'MET' if v['met'] else 'NOT MET'} — strengths meeting the edit targets: "
+          f"{', '.join(f'{s:g}' for s in v['strengths_meeting']) or 'none'}; seconds per run mean {sec['mean']}, "
+          f"max {sec['max']}")
+    print(f"wrote {out}/summary.json")
