@@ -3,6 +3,11 @@ write ``MODEL_CARD.md`` from their logs and ``eval.json`` files (every number in
 
     python -m asyrp.worlds.card --ddpm runs/shapes_ddpm --clip runs/shapes_clip \
         --dest src/asyrp/resources/worlds/shapes --command-ddpm "..." --command-clip "..."
+    python -m asyrp.worlds.card --rerender --dest src/asyrp/resources/worlds/shapes
+
+``ship`` also writes ``card.json`` (the quoted commands, the machine, the notes), so that ``--rerender`` can write
+the card again from the shipped folder alone, e.g. after ``python -m asyrp.worlds.probe_h --readiness`` has written
+``readiness.json`` there (the card's "Readiness of h" section, issue 19).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
-from asyrp.io.files import atomic_path, read_jsonl
+from asyrp.errors import UserError
+from asyrp.io.files import atomic_json, atomic_path, read_jsonl
 
 SHIPPED = {"ddpm": ("ddpm.pt", "ddpm_train_log.jsonl", "samples.png"), "clip": ("clip.pt", "clip_train_log.jsonl")}
 
@@ -29,8 +35,44 @@ def _loss_table(records: list[dict], keys: tuple[str, ...], every: int) -> str:
                                                           for k in keys) + f" | {r['seconds']} |\n" for r in rows)
 
 
+def readiness_section(r: dict) -> list[str]:
+    """The card's lines for ``readiness.json`` (:func:`asyrp.worlds.probe_h.readiness`): does h carry the attribute
+    before any delta block is trained?"""
+    v, th, rec = r["verdict"], r["verdict"]["thresholds"], r["reconstruction"]
+    acc = r["linear_probe"]["accuracy"]
+    rows = [f"| {'asymmetric (Asyrp step)' if s['asymmetric'] else 'symmetric'} | {s['moved']} of {s['n']} | "
+            f"{s['others_kept']} of {s['n']} | {s['moved_and_others_kept']} of {s['n']} | {s['still_source']} of "
+            f"{s['n']} |" for s in r["h_swap"]]
+    return [
+        "## Readiness of h (issue 19)",
+        "",
+        f"Can an edit in h work in this DDPM at all? Measured without training any block (`{r['command']}`, "
+        f"`readiness.json`): {rec['n']} real pairs A ({r['from']}) and B (the same image, {r['to']}), both "
+        f"DDIM-inverted with {r['n_steps']} steps; A is regenerated with B's h at t ≥ {r['t_edit']} and read by the "
+        f"exact reader. Reference: A with its own h (the plain regeneration) keeps A's other attributes in "
+        f"{rec['others_kept']} of {rec['n']} and reads {r['from']} in {rec['still_source']}.",
+        "",
+        f"| h-swap | moved to {r['to']} | others kept | both | still {r['from']} |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Linear read-out of {r['attribute']} from h (ridge, {r['linear_probe']['n_train']} training and "
+        f"{r['linear_probe']['n_test']} held-out forward-noised images; chance {r['linear_probe']['chance']:.3f}): "
+        + ", ".join(f"t = {t}: {a:.3f}" for t, a in acc.items()) + ".",
+        "",
+        f"Thresholds (issue 19): moved ≥ {th['moved_min']:.0%} and others kept ≥ {th['others_kept_min']:.0%} of the "
+        f"pairs (12 of 16) for one kind of swap, read-out ≥ {th['readout_min']} at one t. "
+        f"**Ready: {'yes' if v['ready'] else 'no'}** (h-swap: "
+        + ", ".join(f"{k} {'passes' if ok else 'fails'}" for k, ok in v["swap_ok"].items())
+        + f"; best read-out {v['readout_best']['accuracy']:.3f} at t = {v['readout_best']['t']}, "
+        f"{'passes' if v['readout_ok'] else 'fails'}).",
+        "",
+    ]
+
+
 def render_card(ddpm_eval: dict, clip_eval: dict, ddpm_log: list[dict], clip_log: list[dict],
-                command_ddpm: str, command_clip: str, machine: str, notes: list[str] = ()) -> str:
+                command_ddpm: str, command_clip: str, machine: str, notes: list[str] = (),
+                readiness: dict | None = None) -> str:
     dm, cm = ddpm_eval["meta"], clip_eval["meta"]
     samples, inv = ddpm_eval.get("samples", {}), ddpm_eval.get("inversion", {})
     zs, zn = clip_eval["zero_shot"], clip_eval["zero_shot_noisy"]
@@ -113,7 +155,31 @@ def render_card(ddpm_eval: dict, clip_eval: dict, ddpm_log: list[dict], clip_log
                   "| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys),
                   *[f"| {r['step']} | " + " | ".join(_pct(r["zero_shot_200"][k]) for k in keys) + " |"
                     for r in probes], ""]
+    if readiness is not None:
+        lines += readiness_section(readiness)
     return "\n".join(lines)
+
+
+def _write_card(dest: Path, record: dict) -> Path:
+    """MODEL_CARD.md from the files shipped in ``dest`` and ``record`` (card.json: commands, machine, notes), with
+    the readiness section when ``dest/readiness.json`` exists."""
+    def read(name: str) -> dict:
+        return json.loads((dest / name).read_text())
+    readiness = read("readiness.json") if (dest / "readiness.json").is_file() else None
+    text = render_card(read("ddpm_eval.json"), read("clip_eval.json"), read_jsonl(dest / "ddpm_train_log.jsonl"),
+                       read_jsonl(dest / "clip_train_log.jsonl"), record["command_ddpm"], record["command_clip"],
+                       record["machine"], record["notes"], readiness)
+    with atomic_path(dest / "MODEL_CARD.md") as tmp:
+        tmp.write_text(text)
+    return dest / "MODEL_CARD.md"
+
+
+def rerender(dest: Path) -> Path:
+    """Write MODEL_CARD.md again from the shipped folder alone (its eval files, logs, card.json, readiness.json)."""
+    if not (dest / "card.json").is_file():
+        raise UserError(f"{dest / 'card.json'} is missing: ship the world first (python -m asyrp.worlds.card --ddpm "
+                        f"... --clip ... --dest {dest})")
+    return _write_card(dest, json.loads((dest / "card.json").read_text()))
 
 
 def ship(ddpm_dir: Path, clip_dir: Path, dest: Path, command_ddpm: str, command_clip: str, machine: str,
@@ -124,27 +190,35 @@ def ship(ddpm_dir: Path, clip_dir: Path, dest: Path, command_ddpm: str, command_
             if not (src_dir / name).is_file():
                 raise FileNotFoundError(f"{src_dir / name} is missing: finish that training run first")
             shutil.copyfile(src_dir / name, dest / name)
-    ddpm_eval = json.loads((ddpm_dir / "eval.json").read_text())
-    clip_eval = json.loads((clip_dir / "eval.json").read_text())
     shutil.copyfile(ddpm_dir / "eval.json", dest / "ddpm_eval.json")
     shutil.copyfile(clip_dir / "eval.json", dest / "clip_eval.json")
-    text = render_card(ddpm_eval, clip_eval, read_jsonl(ddpm_dir / "ddpm_train_log.jsonl"),
-                       read_jsonl(clip_dir / "clip_train_log.jsonl"), command_ddpm, command_clip, machine, notes)
-    with atomic_path(dest / "MODEL_CARD.md") as tmp:
-        tmp.write_text(text)
-    return dest / "MODEL_CARD.md"
+    record = {"command_ddpm": command_ddpm, "command_clip": command_clip, "machine": machine, "notes": list(notes)}
+    atomic_json(dest / "card.json", record)
+    return _write_card(dest, record)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ddpm", required=True, type=Path, help="output folder of asyrp train-backbone")
-    p.add_argument("--clip", required=True, type=Path, help="output folder of asyrp train-clip")
+    p.add_argument("--ddpm", type=Path, help="output folder of asyrp train-backbone")
+    p.add_argument("--clip", type=Path, help="output folder of asyrp train-clip")
     p.add_argument("--dest", required=True, type=Path, help="e.g. src/asyrp/resources/worlds/shapes")
-    p.add_argument("--command-ddpm", required=True, help="the command that trained the DDPM (quoted in the card)")
-    p.add_argument("--command-clip", required=True, help="the command that trained the CLIP (quoted in the card)")
+    p.add_argument("--command-ddpm", help="the command that trained the DDPM (quoted in the card)")
+    p.add_argument("--command-clip", help="the command that trained the CLIP (quoted in the card)")
     p.add_argument("--machine", default="2 CPU cores, no GPU", help="where the two trainings ran")
     p.add_argument("--note", action="append", default=[], help="a remark for the card (repeatable)")
+    p.add_argument("--rerender", action="store_true",
+                   help="only write MODEL_CARD.md again from the files shipped in --dest (with readiness.json)")
     a = p.parse_args(argv)
+    if a.rerender:
+        try:
+            print(f"wrote {rerender(a.dest)}")
+        except UserError as e:
+            p.error(str(e))
+        return 0
+    missing = [f"--{k.replace('_', '-')}" for k in ("ddpm", "clip", "command_ddpm", "command_clip")
+               if getattr(a, k) is None]
+    if missing:
+        p.error(f"shipping needs {', '.join(missing)} (or --rerender to rewrite the card from --dest)")
     print(f"wrote {ship(a.ddpm, a.clip, a.dest, a.command_ddpm, a.command_clip, a.machine, a.note)}")
     return 0
 

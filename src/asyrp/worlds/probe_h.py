@@ -15,13 +15,21 @@ For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source v
   for both swaps), for real (inverted) and sampled images: symmetric (B's ε for the predicted x0 and the direction)
   and asymmetric (Asyrp's step: only the predicted x0 uses B's h).
 
+* ``--readiness`` (issue 19): is h ready for an h-space edit, before any block is trained? The h-swap over 16 real
+  pairs, counting the pairs whose attribute moves to the target and those that keep A's other attributes
+  (symmetric and asymmetric, with A's plain regeneration as the reference), and the linear read-out at t = t_edit,
+  700 and 900, against the issue's thresholds (:data:`READY`); the verdict is :func:`readiness_verdict`. The
+  shipped result is ``asyrp/resources/worlds/shapes/readiness.json``, quoted in the model card.
+
     python -m asyrp.worlds.probe_h                       # the shipped DDPM
     python -m asyrp.worlds.probe_h --ddpm runs/x/checkpoint.pt   # a training checkpoint (its EMA weights)
+    python -m asyrp.worlds.probe_h --readiness --out src/asyrp/resources/worlds/shapes/readiness.json
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -29,7 +37,11 @@ from asyrp import diffusion as D
 from asyrp import sampling
 from asyrp.io.files import atomic_json
 from asyrp.worlds import shapes
-from asyrp.worlds.demo import SHAPES_DIRECTIONS, h_swap_latents, h_swap_reads
+from asyrp.worlds.demo import SHAPES_DIRECTIONS, h_swap_latents, h_swap_pairs, h_swap_reads
+
+# issue 19's readiness thresholds: shares of the h-swap pairs (12 of 16) and the read-out accuracy
+READY = {"n_pairs": 16, "moved_min": 0.75, "others_kept_min": 0.75, "readout_min": 0.9}
+READOUT_T = (700, 900)  # besides t_edit: where the edit acts, h is noisier
 
 
 def load_ddpm(path: str | None, device: str = "cpu"):
@@ -102,6 +114,65 @@ def h_linear_probe(unet, attribute: str = "color", timesteps=(420, 600, 800), n_
             "chance": round(1 / len(values), 4), "accuracy": accuracy}
 
 
+def readiness_verdict(swaps: list[dict], readout: dict, thresholds: dict = READY) -> dict:
+    """Issue 19's readiness on measured numbers: some h-swap kind (symmetric or asymmetric) moves the attribute in ≥
+    ``moved_min`` of the pairs **and** keeps A's other attributes in ≥ ``others_kept_min`` of them, and the linear
+    read-out of the attribute from h reaches ``readout_min`` at one of the measured t. ``swaps``: dicts with
+    ``asymmetric``, ``n``, ``moved`` and ``others_kept`` (counts of pairs); ``readout``: t → held-out accuracy."""
+    kinds = {("asymmetric" if s["asymmetric"] else "symmetric"):
+             s["moved"] / s["n"] >= thresholds["moved_min"] and s["others_kept"] / s["n"] >= thresholds["others_kept_min"]
+             for s in swaps}
+    best_t = max(readout, key=lambda t: readout[t])
+    readout_ok = readout[best_t] >= thresholds["readout_min"]
+    return {"thresholds": dict(thresholds), "swap_ok": kinds, "readout_best": {"t": best_t, "accuracy": readout[best_t]},
+            "readout_ok": readout_ok, "ready": any(kinds.values()) and readout_ok,
+            "rule": "ready = (moved >= moved_min and others_kept >= others_kept_min, as shares of the pairs, for the "
+                    "symmetric or the asymmetric h-swap) and (the best read-out accuracy >= readout_min)"}
+
+
+@torch.no_grad()
+def readiness(unet, attribute: str = "color", t_edit: int = shapes.T_EDIT, n: int = READY["n_pairs"],
+              n_steps: int = 20, seed: int = 0, readout_t: tuple[int, ...] = READOUT_T, probe_train: int = 512,
+              probe_test: int = 256, thresholds: dict = READY) -> dict:
+    """Does h carry ``attribute`` the way an edit in h needs, before any block is trained? For n real pairs (A of the
+    source value, B the same image with the target value; both DDIM-inverted, ``n_steps``), A is regenerated with B's
+    h at t ≥ t_edit (symmetric and asymmetric :func:`asyrp.sampling.h_swap`) and read: ``moved`` pairs read as the
+    target, ``others_kept`` pairs valid with A's other attributes; ``reconstruction`` is A with its own h (the plain
+    regeneration: the most the swap can keep). Plus :func:`h_linear_probe` at t_edit and ``readout_t``."""
+    src, trg = SHAPES_DIRECTIONS[attribute]
+    x_a, x_b, truth = h_swap_pairs(unet, attribute, src, trg, "real", n=n, seed=seed, n_steps=n_steps)
+
+    def counted(reads: dict) -> dict:
+        return {"asymmetric": reads["asymmetric"], "n": n, "moved": round(reads["transferred"] * n),
+                "still_source": round(reads["kept"] * n), "others_kept": round(reads["others_kept"] * n),
+                "moved_and_others_kept": round(reads["moved_and_others_kept"] * n)}
+    swaps = [counted(h_swap_reads(unet, x_a, x_b, attribute, src, trg, "real", t_edit, n_steps, asymmetric, truth))
+             for asymmetric in (False, True)]
+    reconstruction = counted(h_swap_reads(unet, x_a, x_a, attribute, src, trg, "real", t_edit, n_steps, False, truth))
+    probe = h_linear_probe(unet, attribute, timesteps=(t_edit, *readout_t), n_train=probe_train, n_test=probe_test)
+    return {"attribute": attribute, "from": src, "to": trg, "images": "real", "t_edit": t_edit, "n_steps": n_steps,
+            "seed": seed, "h_swap": swaps, "reconstruction": reconstruction, "linear_probe": probe,
+            "verdict": readiness_verdict(swaps, probe["accuracy"], thresholds)}
+
+
+def print_readiness(r: dict) -> None:
+    """The readiness numbers and verdict as lines."""
+    th, v = r["verdict"]["thresholds"], r["verdict"]
+    print(f"readiness of h for {r['attribute']} {r['from']} → {r['to']} (h-swap at t ≥ {r['t_edit']}, "
+          f"{r['reconstruction']['n']} real pairs; thresholds: moved and others kept ≥ {th['moved_min']:.0%} / "
+          f"{th['others_kept_min']:.0%} of pairs, read-out ≥ {th['readout_min']})")
+    rec = r["reconstruction"]
+    print(f"  A with its own h (plain regeneration): others kept {rec['others_kept']} of {rec['n']}, still "
+          f"{r['from']} {rec['still_source']}")
+    for s in r["h_swap"]:
+        print(f"  {'asymmetric' if s['asymmetric'] else 'symmetric'} h-swap: moved to {r['to']} {s['moved']} of "
+              f"{s['n']}, others kept {s['others_kept']}, both {s['moved_and_others_kept']}, still {r['from']} "
+              f"{s['still_source']}")
+    print("  linear read-out from h: " + ", ".join(f"t = {t}: {a:.3f}" for t, a in r["linear_probe"]["accuracy"].items())
+          + f" (chance {r['linear_probe']['chance']:.3f})")
+    print(f"  ready: {v['ready']} (h-swap ok: {v['swap_ok']}; read-out ok: {v['readout_ok']})")
+
+
 def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m asyrp.worlds.probe_h", description=__doc__.split("\n")[0])
@@ -115,10 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-train", type=int, default=512, help="images to fit the linear read-out of h")
     p.add_argument("--probe-test", type=int, default=256, help="held-out images to score it")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--readiness", action="store_true",
+                   help="only the readiness probe of issue 19 (2n real h-swap pairs, read-out at t_edit, 700, 900)")
     p.add_argument("--out", help="also write the results to this JSON file")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     unet = load_ddpm(a.ddpm)
+    if a.readiness:
+        result = {"ddpm": a.ddpm or "shipped", "command": "python -m asyrp.worlds.probe_h "
+                  + " ".join(argv if argv is not None else sys.argv[1:]),
+                  **readiness(unet, a.attribute, a.t_edit, n=2 * a.n, probe_train=a.probe_train,
+                              probe_test=a.probe_test)}
+        print_readiness(result)
+        if a.out:
+            atomic_json(a.out, result)
+        return 0
     src, trg = SHAPES_DIRECTIONS[a.attribute]
     result = {"ddpm": a.ddpm or "shipped", "config": unet.config,
               "sensitivity": h_sensitivity(unet, a.attribute, src, trg, n=a.n)}
