@@ -204,3 +204,14 @@ def test_probe_h_measures_the_shipped_ddpm(tmp_path, capsys):
     assert lp["chance"] == round(1 / 6, 4) and set(lp["accuracy"]) == {"420", "600", "800"}
     assert lp["accuracy"]["420"] > 2 * lp["chance"] and lp["accuracy"]["800"] < 0.3
     assert "the DDIM-inverted x_T keeps" in capsys.readouterr().out
+
+
+def test_demo_records_delta_h_ratio_per_strength(demo_run):
+    """Issue 19: ‖Δh‖/‖h‖ per strength along each strength's own edited path, 0 at strength 0; the top-level key is
+    the strength-1 value, as before."""
+    out, m = demo_run
+    ratios = {p["strength"]: p["delta_h_ratio"] for p in m["per_strength"]}
+    assert ratios[0.0] == {"mean": 0.0, "min": 0.0, "max": 0.0}
+    assert ratios[-1.0]["min"] > 0 and ratios[1.0]["min"] > 0
+    assert m["delta_h_ratio"] == ratios[1.0]
+    assert json.loads((out / "metrics.json").read_text())["per_strength"][0]["delta_h_ratio"] == ratios[-1.0]

@@ -124,7 +124,8 @@ def readiness_verdict(swaps: list[dict], readout: dict, thresholds: dict = READY
              for s in swaps}
     best_t = max(readout, key=lambda t: readout[t])
     readout_ok = readout[best_t] >= thresholds["readout_min"]
-    return {"thresholds": dict(thresholds), "swap_ok": kinds, "readout_best": {"t": best_t, "accuracy": readout[best_t]},
+    return {"thresholds": dict(thresholds), "swap_ok": kinds,
+            "readout_best": {"t": int(best_t), "accuracy": readout[best_t]},  # int also for t read back from JSON
             "readout_ok": readout_ok, "ready": any(kinds.values()) and readout_ok,
             "rule": "ready = (moved >= moved_min and others_kept >= others_kept_min, as shares of the pairs, for the "
                     "symmetric or the asymmetric h-swap) and (the best read-out accuracy >= readout_min)"}
