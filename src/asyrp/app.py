@@ -40,6 +40,7 @@ from asyrp import sampling
 from asyrp.io import weights as registry
 from asyrp.attributes import attribute_table
 from asyrp.backbones import BACKBONES, TINY_WORLDS, load_backbone, load_clip_model
+from asyrp.clip_loss import CLIPDirection
 from asyrp.errors import UserError
 from asyrp.io.datasets import open_images
 from asyrp.pipeline.edit import EditConfig, edit_times, load_direction, settings_for
@@ -230,7 +231,6 @@ class Editor:
             except (ValueError, OSError) as e:
                 out["s_dir_error"] = " ".join(str(e).split())
             else:
-                from asyrp.clip_loss import CLIPDirection  # imports torchvision → torch._dynamo: 2 s off the start
                 for label in wanted:
                     direction = CLIPDirection(clip, *self.texts[label], templates=None, image_size=size).to(self.device)
                     out["s_dir"][label] = round(float(direction.similarity(original[None].to(self.device),

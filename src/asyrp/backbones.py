@@ -20,14 +20,13 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from asyrp.clip_loss import CLIP_ARCHS, OpenClipEncoder, load_clip
+from asyrp.io import weights as registry
 from asyrp.io.files import atomic_torch_save
 from asyrp.models.adm import AFHQ_DICT, METFACE_DICT, ADMUNet, adm_config
 from asyrp.models.checkpoint import CheckpointError, read_checkpoint
 from asyrp.models.diffusers_ddpm import is_diffusers_folder, load_diffusers_unet
 from asyrp.models.unet import CELEBA_HQ_256, DDPMUNet, HSpaceUNet, load_backbone_state_dict, unet_config
-from asyrp.io import weights as registry
-from asyrp.clip_loss import OpenClipEncoder
-from asyrp.clip_loss import CLIP_ARCHS, load_clip
 from asyrp.worlds import shapes
 
 UNET_FORMAT = "asyrp.unet"
@@ -174,7 +173,6 @@ def load_clip_file(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """(encoder, image_size) from a file of :func:`save_clip`."""
     import open_clip  # heavy: imported only where a CLIP file is built
 
-
     path = Path(path)
     obj = read_checkpoint(path)
     if not (isinstance(obj, Mapping) and obj.get("format") == CLIP_FORMAT):
@@ -195,7 +193,6 @@ def load_clip_model(name_or_path: str, weights_dir: str | None = None, device: s
     """(encoder, image_size): an OpenAI CLIP by name (ViT-B/32, ViT-B/16, ViT-L/14), the shapes world's tiny CLIP
     ("shapes"), an OpenAI ``.pt`` file given as ``name=path`` (e.g. ``ViT-B/16=/data/ViT-B-16.pt``), or an asyrp
     CLIP file."""
-
     if name_or_path in TINY_WORLDS:
         return TINY_WORLDS[name_or_path].load_clip(device=device)
     if name_or_path in CLIP_ARCHS:

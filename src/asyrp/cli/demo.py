@@ -101,7 +101,8 @@ def print_run(m: dict, out: Path) -> None:
     print(f"kept at strength {m['strength']:g} (valid and unchanged): "
           + ", ".join(f"{k} {v:.2f}" for k, v in kept.items()))
     r = m["delta_h_ratio"]
-    print(f"the learnt ‖Δh‖ / ‖h‖ along the strength-1 edited paths: mean {r['mean']:.2f} (min {r['min']:.2f}, max {r['max']:.2f})")
+    print(f"the learnt ‖Δh‖ / ‖h‖ along the strength-1 edited paths: mean {r['mean']:.2f} "
+          f"(min {r['min']:.2f}, max {r['max']:.2f})")
     hs = m["h_swap"]
     print(f"h-swap ceiling: the h of {hs['to']} images B in the reverse path of {hs['from']} images A "
           f"(t ≥ {hs['t_edit']}): {round(hs['transferred'] * hs['n'])} of {hs['n']} read {hs['to']}, "

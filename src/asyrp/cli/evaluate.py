@@ -32,7 +32,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     texts.add_argument("--attr", help="attribute name from the package table (gives the source/target texts)")
     texts.add_argument("--src", help="source text (with --trg)")
     parser.add_argument("--trg", help="target text (with --src)")
-    parser.add_argument("--clip-model", default=DEFAULTS["clip_model"], choices=list(CLIP_ARCHS), help="CLIP for S_dir")
+    parser.add_argument("--clip-model", default=DEFAULTS["clip_model"], choices=list(CLIP_ARCHS),
+                        help="CLIP for S_dir")
     parser.add_argument("--clip-weights", help="CLIP weights file (default: the weights registry)")
     parser.add_argument("--prompts", default=DEFAULTS["prompt_mode"], choices=["templates", "single"],
                         help="text direction: 79-template average (default) or the single raw prompts")

@@ -35,8 +35,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-
-
     device = default_device(args.device)
     config = yaml.safe_load(Path(args.unet_config).read_text()) if args.unet_config else None
     backbone = load_backbone(args.backbone, config=config, weights_dir=args.weights_dir, device=device)

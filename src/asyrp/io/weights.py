@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from asyrp.io.files import atomic_json, atomic_path, default_file_mode, sha256_file
 from tqdm import tqdm
+
+from asyrp.io.files import atomic_json, atomic_path, default_file_mode, sha256_file
 
 DEFAULT_TIMEOUT_S = 60.0  # per socket operation, not for the whole file
 CHUNK_BYTES = 1 << 20
@@ -428,7 +429,6 @@ def fetch(name: str, progress: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
 
 def _download_verified(spec: WeightSpec, url: str, target: Path, progress: bool, timeout: float) -> tuple[str, str]:
     """Stream ``url`` into a temporary file beside ``target``, hash it on the way, verify, then rename into place."""
-
     request = urllib.request.Request(url, headers={"User-Agent": "asyrp-weights (python urllib)"})
     with atomic_path(target) as tmp:  # on any exception the temporary file is removed, target untouched
         with urllib.request.urlopen(request, timeout=timeout) as response:

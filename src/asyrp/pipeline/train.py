@@ -390,7 +390,6 @@ def _train_batch(session: Session, entries, idx, pending, pairs, distributed, gl
 @torch.no_grad()
 def write_preview(path: Path, session: Session, entries, idx) -> None:
     """x0 | reconstruction | edit (strength 1, the training grid, quality boosting below t_boost) for a batch."""
-
     cfg, res, block = session.cfg, session.res, session.block
     was_training = block.training
     block.eval()

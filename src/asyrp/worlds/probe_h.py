@@ -11,8 +11,8 @@ For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source v
   images: from which t on the prediction — what Asyrp edits — tells the two apart;
 * ``h_linear_probe``: is the attribute in h at all? A ridge-regression read-out of the attribute from h of
   forward-noised images at a few t, fitted on ``n_train`` images and scored on ``n_test`` others (chance 1/values);
-* the h-swap ceilings (:func:`asyrp.worlds.demo.h_swap_latents`, then :func:`asyrp.worlds.demo.h_swap_reads` on one set of latents
-  for both swaps), for real (inverted) and sampled images: symmetric (B's ε for the predicted x0 and the direction)
+* the h-swap ceilings (:func:`asyrp.worlds.demo.h_swap_latents`, then :func:`asyrp.worlds.demo.h_swap_reads` on one
+  set of latents for both swaps), for real (inverted) and sampled images: symmetric (B's ε for the predicted x0 and the direction)
   and asymmetric (Asyrp's step: only the predicted x0 uses B's h).
 
 * ``--readiness`` (issue 19): is h ready for an h-space edit, before any block is trained? The h-swap over 16 real
@@ -57,7 +57,6 @@ def load_ddpm(path: str | None, device: str = "cpu"):
 @torch.no_grad()
 def h_sensitivity(unet, attribute: str = "color", src_value: str = "red", trg_value: str = "blue", n: int = 8,
                   seed: int = 3, n_steps: int = 20) -> dict:
-
     device = next(unet.parameters()).device
     specs = shapes.sample_specs(n, seed, constraints={attribute: src_value})
     x0_a = shapes.make_batch(specs).to(device)
@@ -120,7 +119,8 @@ def readiness_verdict(swaps: list[dict], readout: dict, thresholds: dict = READY
     read-out of the attribute from h reaches ``readout_min`` at one of the measured t. ``swaps``: dicts with
     ``asymmetric``, ``n``, ``moved`` and ``others_kept`` (counts of pairs); ``readout``: t → held-out accuracy."""
     kinds = {("asymmetric" if s["asymmetric"] else "symmetric"):
-             s["moved"] / s["n"] >= thresholds["moved_min"] and s["others_kept"] / s["n"] >= thresholds["others_kept_min"]
+             (s["moved"] / s["n"] >= thresholds["moved_min"]
+              and s["others_kept"] / s["n"] >= thresholds["others_kept_min"])
              for s in swaps}
     best_t = max(readout, key=lambda t: readout[t])
     readout_ok = readout[best_t] >= thresholds["readout_min"]
@@ -169,13 +169,13 @@ def print_readiness(r: dict) -> None:
         print(f"  {'asymmetric' if s['asymmetric'] else 'symmetric'} h-swap: moved to {r['to']} {s['moved']} of "
               f"{s['n']}, others kept {s['others_kept']}, both {s['moved_and_others_kept']}, still {r['from']} "
               f"{s['still_source']}")
-    print("  linear read-out from h: " + ", ".join(f"t = {t}: {a:.3f}" for t, a in r["linear_probe"]["accuracy"].items())
+    accuracy = r["linear_probe"]["accuracy"]
+    print("  linear read-out from h: " + ", ".join(f"t = {t}: {a:.3f}" for t, a in accuracy.items())
           + f" (chance {r['linear_probe']['chance']:.3f})")
     print(f"  ready: {v['ready']} (h-swap ok: {v['swap_ok']}; read-out ok: {v['readout_ok']})")
 
 
 def main(argv: list[str] | None = None) -> int:
-
     p = argparse.ArgumentParser(prog="python -m asyrp.worlds.probe_h", description=__doc__.split("\n")[0])
     p.add_argument("--ddpm", help="ddpm.pt or a train-backbone checkpoint.pt (default: the shipped DDPM)")
     p.add_argument("--attribute", choices=sorted(SHAPES_DIRECTIONS), default="color")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from asyrp.clip_loss import OpenClipEncoder
 from asyrp.models.unet import DDPMUNet, load_backbone_state_dict
 from asyrp.worlds.tiny_clip import build_clip, load_clip_state, make_tokenizer
 
@@ -481,8 +482,6 @@ def load_tiny_ddpm(device: str | torch.device = "cpu", world_dir=None):
 
 def clip_from_checkpoint(obj: Mapping[str, Any], device: str | torch.device = "cpu"):
     """(OpenClipEncoder, image_size) from a saved shapes-world CLIP dict."""
-    # lazy: asyrp.clip_loss imports torchvision (≈2 s), which the app's start and the DDPM-only paths do not need
-    from asyrp.clip_loss import OpenClipEncoder
     cfg = obj["config"]
     model = build_clip(cfg)
     load_clip_state(model, obj)
