@@ -90,6 +90,50 @@ def test_fast_preset_in_fp32_learns_the_reference_weights(models, one_thread):
         torch.testing.assert_close(weights["fast"][k], v, rtol=1e-5, atol=1e-5, msg=k)
 
 
+def _host_reads_fail(monkeypatch):
+    """Make every read of a tensor's value on the host raise (what a device synchronisation is made of)."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a tensor was read on the host inside the training step")
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+def test_fp16_training_step_never_reads_the_device(models, one_thread, monkeypatch):
+    """The fast preset's fp16 grid (loss scaling included) runs without a host read: the fused optimiser skips an
+    overflowed step on the device and the skipped steps are counted there until ``sync_state``."""
+    bb, encoder, size = models
+    cfg = bench.mode_config("fast", batch_size=2, device="cpu", n_train_step=10, lr=0.5)
+    assert cfg.precision == "fp16"
+    session = T.Session(cfg, bb, T.make_direction(encoder, size, cfg, "cpu"), "cpu")
+    assert session.scaler is not None and session.opt.defaults["fused"]
+    entries = _entries()
+    with monkeypatch.context() as m:
+        _host_reads_fail(m)
+        records = session.run_batch(entries, [0, 1])
+    assert session.state["step"] == 5 and len(records) == 5
+    assert session.sync_state()["skipped_steps"] == 0
+    # the check has teeth: an unfused optimiser makes the scaler read its overflow flag on the host
+    session.opt = torch.optim.SGD(session.params, lr=0.5)
+    with monkeypatch.context() as m, pytest.raises(AssertionError, match="read on the host"):
+        _host_reads_fail(m)
+        session.run_batch(entries, [0, 1])
+
+
+def test_fp16_overflowed_steps_are_skipped_and_counted(models, one_thread):
+    """A loss scale of 2^40 overflows fp16 in the backward pass at every step: each step is skipped (the block keeps its
+    initial weights), the scale halves each time, and sync_state() reports the five skipped steps."""
+    bb, encoder, size = models
+    cfg = bench.mode_config("fast", batch_size=2, device="cpu", n_train_step=10, lr=0.5, fp16_loss_scale=2.0 ** 40)
+    session = T.Session(cfg, bb, T.make_direction(encoder, size, cfg, "cpu"), "cpu")
+    init = {k: v.clone() for k, v in session.block.state_dict().items()}
+    session.run_batch(_entries(), [0, 1])
+    assert session.state["step"] == 5
+    assert session.sync_state()["skipped_steps"] == 5 and int(session.skipped) == 0
+    assert session.scaler.get_scale() == 2.0 ** 35
+    for k, v in session.block.state_dict().items():
+        assert torch.equal(v, init[k]), k
+
+
 def test_one_compiled_graph_serves_every_timestep(models, one_thread):
     """Compiled U-Net halves take the timestep as a tensor: a whole training grid (and an edit of another batch)
     compiles each graph once — the encoder and plain decoder on [x; chain], the edited decoder with gradients."""

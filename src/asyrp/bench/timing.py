@@ -144,7 +144,7 @@ def bench_train(models: BenchModels, direction, cfg: T.TrainConfig, device, warm
     out = {"batch_size": bs, "config": speed_switches(cfg), "compiled": session.compiled,
            "objective": {"l1_reference": cfg.l1_reference, "l1_weight": cfg.l1_weight},
            "grid_steps": len(pairs), "warmup_steps": warmup_steps, "warmup_seconds": warmup_seconds,
-           "skipped_steps": session.state.get("skipped_steps", 0),
+           "skipped_steps": session.sync_state()["skipped_steps"],
            "timed_steps": len(timed), "repeats": repeats, "extrapolated": len(timed) < len(pairs),
            "seconds_timed": seconds, "s_per_step": s_per_step, "s_per_image": s_per_step * len(pairs) / bs,
            "peak_memory": peak_mem}

@@ -125,6 +125,8 @@ class Session:
         self.precisions = {t: step_precision(cfg, t) for t, _ in self.pairs}
         self.state = {"epoch": 0, "batch": 0, "step": 0, "images": 0, "log_lines": 0, "seconds": 0.0,
                       "skipped_steps": 0}
+        # fp16 steps skipped for an overflow, counted on the device (no host sync per step) until sync_state()
+        self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)
 
     def run_batch(self, entries: list[dict], idx: list[int], pairs=None, eager: bool = False,
                   pending: list[dict] | None = None, distributed=None, global_batch: int | None = None) -> list[dict]:
@@ -133,6 +135,12 @@ class Session:
         _train_batch(self, entries, idx, pending, list(pairs if pairs is not None else self.pairs), distributed,
                      global_batch or len(idx), eager=eager)
         return pending
+
+    def sync_state(self) -> dict:
+        """Bring the device-side counters into ``state`` (one host sync); returns ``state``."""
+        self.state["skipped_steps"] = self.state.get("skipped_steps", 0) + int(self.skipped)
+        self.skipped.zero_()
+        return self.state
 
     def close(self) -> None:
         self.unet.to(memory_format=torch.contiguous_format)
@@ -224,6 +232,7 @@ def _run(session: Session, run_dir: Path, entries: list[dict], is_main: bool, di
 
     def save_checkpoint():
         flush_log()
+        session.sync_state()
         if is_main:
             ck = {"block": block.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "state": dict(state)}
@@ -265,6 +274,7 @@ def _run(session: Session, run_dir: Path, entries: list[dict], is_main: bool, di
         save_checkpoint()
     bar.close()
     flush_log()
+    session.sync_state()
     final = run_dir / "delta.pt"
     if is_main:
         save_delta_block(block, final, **res.checkpoint_meta(cfg, state))
@@ -370,11 +380,11 @@ def _train_batch(session: Session, entries, idx, pending, pairs, distributed, gl
         if (k + 1) % cfg.accumulation_steps == 0 or k == len(pairs) - 1:
             if distributed is not None:
                 distributed.all_reduce_grads(session.params)
-            if scaler is not None:  # unscale in fp32, skip the step if a gradient overflowed fp16
-                scale = scaler.get_scale()
+            if scaler is not None:  # unscale in fp32, skip the step if a gradient overflowed fp16 (on the device)
+                finite = torch.stack([torch.isfinite(p.grad).all() for p in session.params if p.grad is not None])
+                session.skipped += (~finite.all()).long()
                 scaler.step(opt)
                 scaler.update()
-                state["skipped_steps"] = state.get("skipped_steps", 0) + int(scaler.get_scale() < scale)
             else:
                 opt.step()
             opt.zero_grad(set_to_none=True)
