@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import pytest
@@ -290,6 +291,35 @@ def test_train_backbone_h_only_fine_tune(tmp_path, capsys):
     assert cli_main(["train-backbone", "--out", str(tmp_path / "bad"), "--steps", "1", "--init-from",
                      str(base / "ddpm.pt"), *[v if v != "1,2" else "1,1" for v in DDPM_TINY]]) == 2
     assert "differs from" in capsys.readouterr().err
+
+
+def test_train_backbone_h_attribute_readout(tmp_path):
+    """--h-attribute-weight W: a linear read-out of the four attributes from h trains with the DDPM; its loss is logged
+    apart (the logged DDPM loss of step 1 is that of the same weights without it), it changes the update, it is not
+    shipped, and a run stopped and resumed ends with the same weights, EMA and read-out as one straight run."""
+    plain, aux, resumed = tmp_path / "plain", tmp_path / "aux", tmp_path / "resumed"
+    assert cli_main(["train-backbone", "--out", str(plain), "--steps", "2", *DDPM_TINY]) == 0
+    assert cli_main(["train-backbone", "--out", str(aux), "--steps", "2", "--h-attribute-weight", "0.5",
+                     *DDPM_TINY]) == 0
+    log_plain, log_aux = read_jsonl(plain / "ddpm_train_log.jsonl"), read_jsonl(aux / "ddpm_train_log.jsonl")
+    assert log_aux[0]["loss"] == log_plain[0]["loss"]
+    assert "h_attribute_loss" not in log_plain[0]
+    chance = sum(math.log(len(v)) for v in shapes.ATTRIBUTES.values())  # 4.68: the sum of four cross-entropies
+    assert 0.5 * chance < log_aux[0]["h_attribute_loss"] < 2 * chance
+    shipped = torch.load(aux / "ddpm.pt", weights_only=True)
+    assert shipped["meta"]["h_attribute_weight"] == 0.5
+    assert not any(k.startswith("heads.") for k in shipped["state_dict"])
+    a, p = torch.load(aux / "checkpoint.pt", weights_only=True), torch.load(plain / "checkpoint.pt", weights_only=True)
+    assert not torch.equal(a["model"]["conv_in.weight"], p["model"]["conv_in.weight"])  # the update changed
+
+    assert cli_main(["train-backbone", "--out", str(resumed), "--steps", "2", "--stop-at", "1",
+                     "--h-attribute-weight", "0.5", *DDPM_TINY]) == 0
+    assert cli_main(["train-backbone", "--out", str(resumed), "--steps", "2", "--resume", "--h-attribute-weight", "0.5",
+                     *DDPM_TINY]) == 0
+    b = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    for part in ("model", "ema", "readout"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
 CLIP_TINY = ["--width", "32", "--embed-dim", "32", "--vision-layers", "1", "--text-layers", "1", "--batch-size", "8",

@@ -56,6 +56,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "(the share of the pixel the shape covers), so that errors on the object weigh more than on "
                         "the background it sits on (a small shape covers 6 %% of the image); 0: the plain mean over "
                         "pixels")
+    p.add_argument("--h-attribute-weight", type=float, default=0.0,
+                   help="add W × the cross-entropy of a linear read-out of shape, colour, size and background from the "
+                        "flattened h (trained with the DDPM, not shipped), so the encoder writes every attribute into "
+                        "h linearly; 0: off, the plain DDPM loss")
     add_run_arguments(p, log_every=50)
     p.add_argument("--sample-steps", type=int, default=40)
     p.add_argument("--eval-samples", type=int, default=1000, help="generated samples scored by the reader (0: skip)")

@@ -144,6 +144,28 @@ def pixel_weights(specs, object_weight: float, image_size: int) -> torch.Tensor:
     return 1.0 + object_weight * shapes.object_masks(specs, image_size)
 
 
+class AttributeReadout(torch.nn.Module):
+    """A linear read-out of every attribute from the flattened bottleneck h (``--h-attribute-weight``).
+
+    Trained with the DDPM (cross-entropy, summed over the attributes, on the forward-noised x_t of every step), it asks
+    the encoder to write each attribute into h *linearly* — a supervised stand-in for the semantics a large DDPM's h
+    holds after long training. Only the encoder feels it; the read-out is not part of the shipped U-Net."""
+
+    def __init__(self, h_features: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(h_features, len(v))
+                                          for k, v in shapes.ATTRIBUTES.items()})
+
+    def loss(self, h: torch.Tensor, specs) -> torch.Tensor:
+        flat = h.flatten(1).float()
+        terms = []
+        for key, head in self.heads.items():
+            vocab = shapes.ATTRIBUTES[key]
+            labels = torch.tensor([vocab.index(getattr(s, key)) for s in specs], device=h.device)
+            terms.append(F.cross_entropy(head(flat), labels))
+        return torch.stack(terms).sum()
+
+
 def load_init_weights(model, path: str, config: dict) -> dict:
     """Start from a shipped ddpm.pt (fine-tuning); its config must equal ours apart from ``h_only_from_t``."""
     obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -260,11 +282,15 @@ def train(args: argparse.Namespace) -> int:
     elif args.antisym_init:
         init_antisymmetric_output(model)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    readout = AttributeReadout(model.h_channels * model.h_size ** 2).to(device) if args.h_attribute_weight else None
+    params = list(model.parameters()) + (list(readout.parameters()) if readout is not None else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     step, elapsed = 0, 0.0
     ck = load_resume_checkpoint(args, ckpt_path, log_path, config, device)
     if ck is not None:
         model.load_state_dict(ck["model"])
+        if readout is not None:
+            readout.load_state_dict(ck["readout"])
         ema = ck["ema"]
         opt.load_state_dict(ck["optimizer"])
         step, elapsed = ck["step"], ck["seconds"]
@@ -274,11 +300,15 @@ def train(args: argparse.Namespace) -> int:
     alphas = diffusion.alphas_cumprod(diffusion.linear_betas()).to(device)
 
     def save_checkpoint():
-        atomic_torch_save({"config": config, "model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
-                           "step": step, "seconds": elapsed, "args": vars(args)}, ckpt_path)
+        state = {"config": config, "model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
+                 "step": step, "seconds": elapsed, "args": vars(args)}
+        if readout is not None:
+            state["readout"] = readout.state_dict()
+        atomic_torch_save(state, ckpt_path)
 
     model.train()
     losses: list[float] = []
+    aux_losses: list[float] = []
     t_last = time.time()
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="train-backbone", dynamic_ncols=True)
     while step < args.steps:
@@ -295,15 +325,21 @@ def train(args: argparse.Namespace) -> int:
         lr = lr_at(step, args)
         for group in opt.param_groups:
             group["lr"] = lr
-        sq_err = (model(x_t, t) - eps).pow(2)
+        h, skips, temb = model.encode(x_t, t)
+        sq_err = (model.decode(h, skips, temb, x_t, t) - eps).pow(2)
         if args.object_weight:
             sq_err = sq_err * pixel_weights(specs, args.object_weight, args.image_size).to(device)
         per_sample = sq_err.mean(dim=(1, 2, 3))
-        loss = (per_sample * loss_weights(t, a, args.h_only_from_t)).mean()
+        ddpm_loss = (per_sample * loss_weights(t, a, args.h_only_from_t)).mean()
+        loss = ddpm_loss
+        if readout is not None:
+            aux = readout.loss(h, specs)
+            aux_losses.append(float(aux.detach()))
+            loss = ddpm_loss + args.h_attribute_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         opt.step()
         step += 1
         decay = min(args.ema_decay, (1 + step) / (10 + step))
@@ -313,16 +349,18 @@ def train(args: argparse.Namespace) -> int:
                     ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
                 else:
                     ema[k].copy_(v)
-        losses.append(float(loss.detach()))
+        losses.append(float(ddpm_loss.detach()))  # the DDPM loss alone (the read-out's is logged apart)
         now = time.time()
         elapsed += now - t_last
         t_last = now
         bar.update(1)
         if step % args.log_every == 0 or step == args.steps:
-            append_jsonl(log_path, {"step": step, "loss": round(sum(losses) / len(losses), 6), "lr": lr,
-                                    "seconds": round(elapsed, 1)})
+            record = {"step": step, "loss": round(sum(losses) / len(losses), 6), "lr": lr, "seconds": round(elapsed, 1)}
+            if aux_losses:
+                record["h_attribute_loss"] = round(sum(aux_losses) / len(aux_losses), 6)
+            append_jsonl(log_path, record)
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
-            losses = []
+            losses, aux_losses = [], []
         if checkpoint_or_stop(step, args, save_checkpoint, bar):
             return 0
     bar.close()
@@ -334,6 +372,7 @@ def train(args: argparse.Namespace) -> int:
             "weights": "fp32" if args.fp32 else "fp16", "schedule": "linear 1e-4..0.02, T=1000, eps-prediction",
             "offset_noise": args.offset_noise, "antisym_init": args.antisym_init, "threads": args.threads,
             "h_only_from_t": args.h_only_from_t, "init_from": init_from, "object_weight": args.object_weight,
+            "h_attribute_weight": args.h_attribute_weight,
             "data": "asyrp.worlds.shapes.random_batch(batch, stream_seed(seed, step)), 32x32"}
     obj = export(ema, config, meta, out / "ddpm.pt", fp16=not args.fp32)
     shipped = shapes.ddpm_from_checkpoint(obj, device)
