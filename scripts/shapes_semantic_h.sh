@@ -15,15 +15,13 @@ NET=(--batch-size 32 --ch 64 --ch-mult 1,1,2,2 --attn 8 --offset-noise 0.1 --h-o
 
 asyrp train-backbone --out "$RUNS/aux400" --steps 2400 --lr 5e-4 --init-from "$SHIPPED/ddpm.pt" --resume "${NET[@]}"
 
-for model in aux400; do
-  world="$RUNS/world_$model"   # asyrp demo --world-dir wants ddpm.pt and clip.pt side by side
-  mkdir -p "$world"
-  cp "$RUNS/$model/ddpm.pt" "$world/ddpm.pt"
-  cp "$SHIPPED/clip.pt" "$world/clip.pt"
-  python -m asyrp.worlds.probe_h --ddpm "$world/ddpm.pt" --readiness --t-edit 400 --threads "$THREADS" \
-    --out "$RUNS/readiness_$model.json"
-  for t_edit in 400 500; do
-    asyrp demo --world-dir "$world" --t-edit "$t_edit" --lr 1e-3 --l1-weight 1 --seeds 0,1,2 --no-progress \
-      --out "$RUNS/demo_${model}_t$t_edit"
-  done
+world="$RUNS/world_aux400"   # asyrp demo --world-dir wants ddpm.pt and clip.pt side by side
+mkdir -p "$world"
+cp "$RUNS/aux400/ddpm.pt" "$world/ddpm.pt"
+cp "$SHIPPED/clip.pt" "$world/clip.pt"
+python -m asyrp.worlds.probe_h --ddpm "$world/ddpm.pt" --readiness --t-edit 400 --threads "$THREADS" \
+  --out "$RUNS/readiness_aux400.json"
+for t_edit in 400 500; do
+  asyrp demo --world-dir "$world" --t-edit "$t_edit" --lr 1e-3 --l1-weight 1 --seeds 0,1,2 --no-progress \
+    --out "$RUNS/demo_aux400_t$t_edit"
 done
