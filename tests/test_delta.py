@@ -140,3 +140,29 @@ def test_zero_init_gives_zero_delta():
     for kind in ("conv", "pixel", "pixel_channel", "channel_pixel"):
         block = build_delta_block(kind=kind, channels=64, spatial_size=4, temb_channels=64, ff_dim=32, zero_init=True)
         assert block(h, temb).abs().max() == 0
+
+
+@pytest.mark.parametrize("kind", ["conv", "pixel", "adm"])
+def test_max_ratio_bounds_delta_h_and_keeps_shorter_ones(kind, tmp_path):
+    torch.manual_seed(0)
+    h, temb = torch.randn(3, 64, 4, 4), torch.randn(3, 64)
+    h[1] *= 100  # image 1: a long h, whose Δh is shorter than the bound
+    free = build_delta_block(kind=kind, channels=64, spatial_size=4, temb_channels=64, heads=2, ff_dim=32)
+    with torch.no_grad():
+        for p in free.parameters():
+            p.mul_(3)  # make the free Δh longer than 0.1·‖h‖ for images 0 and 2
+    bounded = build_delta_block(dataclasses.replace(free.config, max_ratio=0.1))
+    bounded.load_state_dict(free.state_dict())
+    d_free, d_bound = free(h, temb), bounded(h, temb)
+    ratio = lambda d: (d.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1)).tolist()  # noqa: E731
+    assert ratio(d_free)[0] > 0.1 and ratio(d_free)[2] > 0.1 and ratio(d_free)[1] < 0.1
+    assert ratio(d_bound) == pytest.approx([0.1, ratio(d_free)[1], 0.1], rel=1e-5)
+    cosine = torch.nn.functional.cosine_similarity(d_free.flatten(1), d_bound.flatten(1), dim=1)
+    assert cosine.min() > 1 - 1e-5  # the direction is the free block's
+    assert torch.equal(d_bound[1], d_free[1])
+    d_bound.square().sum().backward()
+    assert all(p.grad is not None for p in bounded.parameters() if p.requires_grad)
+    path = save_delta_block(bounded, tmp_path / "bounded.pt")
+    assert load_delta_block(path).config.max_ratio == 0.1  # the bound travels with the checkpoint
+    with pytest.raises(ValueError, match=r"max_ratio must be > 0 \(or None: unbounded\), got 0"):
+        DeltaBlockConfig(max_ratio=0)

@@ -196,6 +196,37 @@ def test_h_swap_reads_others_kept_and_the_readiness_probe_on_tiny_numbers(unet):
     expected = [r["valid"] and all(r[k] == t[k] for k in ("shape", "size", "background")) for r, t in zip(reads, truth)]
     assert own["others_kept"] == sum(expected) / 2
     assert "others_kept" not in h_swap_reads(unet, x_a, x_b, "color", "red", "blue", "real", n_steps=8)
+    # the swap's Δh = h_B − h_A against h_A: 0 for A's own h; at the first step (t = 999, both at their x_T) by hand
+    assert own["delta_h_ratio"] == 0.0
+    ratios: list = []
+    with torch.no_grad():
+        sampling.h_swap(unet, x_a, x_b, t_edit=500, n_steps=8, ratios=ratios)
+        h_a, h_b = unet.encode(x_a, 999)[0], unet.encode(x_b, 999)[0]
+    swapped = [t for t, _ in D.generative_pairs(8) if t >= 500]
+    assert len(ratios) == len(swapped) and ratios[0].shape == (2,)
+    assert torch.allclose(ratios[0], (h_b - h_a).flatten(1).norm(dim=1) / h_a.flatten(1).norm(dim=1), rtol=1e-6)
+    swap = h_swap_reads(unet, x_a, x_b, "color", "red", "blue", "real", n_steps=8)  # the same (symmetric) path
+    assert swap["delta_h_ratio"] == pytest.approx(float(torch.cat(ratios).mean()), abs=1e-4)
+    assert sum(swap["read_as"].values()) == 2 and swap["read_as"].get("blue", 0) / 2 == swap["transferred"]
+    assert swap["read_as"].get("red", 0) / 2 == swap["kept"]
     r = probe_h.readiness(unet, n=2, n_steps=6, probe_train=24, probe_test=12)
     assert r["reconstruction"]["n"] == 2 and set(r["linear_probe"]["accuracy"]) == {500, 700, 900}
     assert r["verdict"] == probe_h.readiness_verdict(r["h_swap"], r["linear_probe"]["accuracy"])
+
+
+def test_demo_max_delta_ratio_bounds_the_learnt_edit(tmp_path, capsys):
+    """``asyrp demo --max-delta-ratio R``: the block is trained and saved with the bound, so ‖Δh‖/‖h‖ along the
+    edited paths never exceeds R at strength 1 (nor 2R at strength 2), and the run records and prints it."""
+    from asyrp.models.delta import load_delta_block
+
+    torch.set_num_threads(2)
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--out", str(out), "--no-progress", "--n-train", "2", "--n-test", "2", "--epochs", "1",
+                     "--n-steps", "3", "--batch-size", "2", "--strengths", "0,1,2", "--max-delta-ratio", "0.05"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["max_delta_ratio"] == 0.05
+    rows = {p["strength"]: p["delta_h_ratio"] for p in m["per_strength"]}
+    assert 0 < rows[1.0]["max"] <= 0.05 + 1e-4 and rows[2.0]["max"] <= 0.1 + 2e-4
+    assert rows[1.0]["max"] == pytest.approx(0.05, abs=1e-4)  # the default lr 1e-2 pushes Δh to the bound
+    assert load_delta_block(out / "train" / "delta.pt").config.max_ratio == 0.05
+    assert "conv delta block (‖Δh‖ ≤ 0.05·‖h‖)" in capsys.readouterr().out

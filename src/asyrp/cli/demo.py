@@ -54,6 +54,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default 1e-2 with AdamW, 0.5 with SGD)")
     p.add_argument("--l1-weight", type=float, default=0.3,
                    help="weight of the L1 term |P_edit − P_ref|, times the text cosine (default 0.3; the original: 3)")
+    p.add_argument("--max-delta-ratio", type=float, metavar="R",
+                   help="bound the block's output to ‖Δh‖ ≤ R·‖h‖ per image, in training and editing "
+                        "(default: unbounded)")
     p.add_argument("--strengths", type=parse_numbers, default=list(demo.STRENGTHS), metavar="X,Y,...",
                    help="comma-separated edit strengths of the sweep (1 is the trained one)")
     p.add_argument("--world-dir", help="shapes world: a folder with retrained ddpm.pt and clip.pt (default: the shipped)")
@@ -74,8 +77,8 @@ def main(args: argparse.Namespace) -> int:
                   n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, device=args.device,
                   batch_size=args.batch_size, images=args.images, n_steps=args.n_steps, t_edit=args.t_edit,
                   t_boost=args.t_boost, lr=args.lr, optimizer=args.optimizer, l1_weight=args.l1_weight,
-                  strengths=[float(v) for v in args.strengths], world_dir=args.world_dir,
-                  progress=not args.no_progress)
+                  max_delta_ratio=args.max_delta_ratio, strengths=[float(v) for v in args.strengths],
+                  world_dir=args.world_dir, progress=not args.no_progress)
     if args.seeds is None:
         print_run(demo.run_shapes_demo(out, seed=args.seed, **kwargs), out)
         return 0
@@ -91,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
 def print_run(m: dict, out: Path) -> None:
     """One demo's table (per strength) and findings, as metrics.json holds them."""
     d = m["direction"]
-    print(f"shapes world: {d['src_text']!r} → {d['trg_text']!r} with a {m['block']} delta block, "
+    bound = f" (‖Δh‖ ≤ {m['max_delta_ratio']:g}·‖h‖)" if m.get("max_delta_ratio") is not None else ""
+    print(f"shapes world: {d['src_text']!r} → {d['trg_text']!r} with a {m['block']} delta block{bound}, "
           f"{m['n_train']} training and {m['n_test']} held-out {m['images']} images")
     print(f"{'strength':>8} {'success':>8} {'kept src':>8} {'preserve':>8} {'valid':>6} {'S_dir':>7} {'‖Δh‖/‖h‖':>9}")
     for p in m["per_strength"]:

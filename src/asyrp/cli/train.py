@@ -19,7 +19,8 @@ from asyrp.pipeline.train import train
 from asyrp.pipeline.train_config import PRESETS, TrainConfig
 
 
-DELTA_FLAGS = ("kind", "heads", "layers", "ff_dim", "time_embedding", "norm", "activation", "dropout", "zero_init")
+DELTA_FLAGS = ("kind", "heads", "layers", "ff_dim", "time_embedding", "norm", "activation", "dropout", "zero_init",
+               "max_ratio")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

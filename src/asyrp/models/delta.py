@@ -72,6 +72,9 @@ class DeltaBlockConfig:
     skip_norm_without_temb: bool = False
     # Zero the last layer so that Δh = 0 at initialisation (the original does not).
     zero_init: bool = False
+    # Bound ‖Δh‖ ≤ max_ratio · ‖h‖ per image (Δh is rescaled where it is longer), so that the block moves h
+    # instead of overwriting it. None: unbounded, as the original.
+    max_ratio: float | None = None
 
     def __post_init__(self):
         for name, allowed in (("kind", KINDS), ("time_embedding", TIME_EMBEDDINGS), ("norm", NORMS),
@@ -88,6 +91,8 @@ class DeltaBlockConfig:
                     raise ValueError(f"{self.heads} heads do not divide the token width {width} of a {self.kind} block")
         if self.channels % 32 and self.norm == "group":
             raise ValueError(f"GroupNorm(32) needs channels divisible by 32, got {self.channels}")
+        if self.max_ratio is not None and not self.max_ratio > 0:
+            raise ValueError(f"DeltaBlockConfig.max_ratio must be > 0 (or None: unbounded), got {self.max_ratio}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DeltaBlockConfig":
@@ -104,6 +109,17 @@ class DeltaBlockConfig:
         """Human-readable list of the fields that differ, e.g. ["heads: 8 ≠ 1"]."""
         return [f"{f.name}: {getattr(self, f.name)!r} ≠ {getattr(other, f.name)!r}"
                 for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def bound_delta(h: torch.Tensor, delta: torch.Tensor, max_ratio: float | None) -> torch.Tensor:
+    """Δh rescaled per image so that ‖Δh‖ ≤ max_ratio · ‖h‖ (unchanged where shorter, or where max_ratio is None).
+    Differentiable: the block learns a direction and a length inside the ball."""
+    if max_ratio is None:
+        return delta
+    limit = max_ratio * h.detach().float().flatten(1).norm(dim=1)
+    length = delta.float().flatten(1).norm(dim=1)
+    scale = (limit / length.clamp_min(torch.finfo(torch.float32).tiny)).clamp(max=1.0)
+    return delta * scale.view(-1, *[1] * (delta.dim() - 1)).to(delta.dtype)
 
 
 def _activation(name: str):
@@ -238,7 +254,7 @@ class DeltaBlock(nn.Module):
         else:
             proj = self.temb_proj(F.silu(temb))[:, :, None, None]
             z = self._act(self.norm2(z + proj if cfg.time_embedding == "add" else z * proj))
-        return self._out(z)
+        return bound_delta(h, self._out(z), cfg.max_ratio)
 
 
 class ADMDeltaBlock(nn.Module):
@@ -262,7 +278,7 @@ class ADMDeltaBlock(nn.Module):
         z = self.in_layers(h)
         if temb is not None and hasattr(self, "emb_layers"):
             z = z + self.emb_layers(temb).type(z.dtype)[:, :, None, None]
-        return self.out_layers(z)
+        return bound_delta(h, self.out_layers(z), self.config.max_ratio)
 
 
 def build_delta_block(cfg: DeltaBlockConfig | Mapping[str, Any] | None = None,

@@ -11,6 +11,7 @@ the sweep; and the h-swap ceiling (does h carry the attribute at all?). Writes `
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import shutil
@@ -66,7 +67,7 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
                     optimizer: str = "adamw",
                     images: str = "real", strengths=STRENGTHS, device: str | None = None,
                     world_dir: str | None = None, batch_size: int = 4, l1_weight: float = 0.3,
-                    cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+                    max_delta_ratio: float | None = None, cache_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Train one direction in the shapes world and measure it; returns the metrics written to metrics.json."""
     if attribute not in SHAPES_DIRECTIONS:
         raise UserError(f"unknown shapes attribute {attribute!r}; choose one of {', '.join(SHAPES_DIRECTIONS)}")
@@ -111,7 +112,8 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
 
     train_entries, _ = source_images(n_train, 20_000, "train")
     stage_done("load_and_invert_train")
-    delta = DeltaBlockConfig(kind=kind, heads=2 if kind != "conv" else 1, ff_dim=256, zero_init=kind != "conv")
+    delta = DeltaBlockConfig(kind=kind, heads=2 if kind != "conv" else 1, ff_dim=256, zero_init=kind != "conv",
+                             max_ratio=max_delta_ratio)
     cfg = TrainConfig(src=src, trg=trg, backbone="shapes", clip_model="shapes", n_inv_step=n_steps,
                       n_train_step=n_steps, t_edit=t_edit, t_boost=t_boost, delta=delta, n_images=n_train,
                       optimizer=optimizer,
@@ -173,7 +175,7 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
         "linearity": linearity(per_strength),
         "per_strength": per_strength, "n_train": n_train, "n_test": n_test, "t_edit": t_edit, "t_boost": t_boost,
         "n_steps": n_steps, "seed": seed, "images": images, "optimizer": cfg.optimizer, "lr": cfg.lr,
-        "l1_weight": l1_weight, "epochs": epochs, "delta_h_ratio": delta_ratio,
+        "l1_weight": l1_weight, "epochs": epochs, "max_delta_ratio": max_delta_ratio, "delta_h_ratio": delta_ratio,
         "h_swap": swap, "seconds": round(time.perf_counter() - started, 1), "stage_seconds": stage_seconds,
         "device": str(device), "torch_threads": torch.get_num_threads(),
     }
@@ -253,13 +255,19 @@ def h_swap_reads(unet, x_a: torch.Tensor, x_b: torch.Tensor, attribute: str, src
     """Run :func:`h_swap` on latents from :func:`h_swap_pairs` and read the results: ``transferred`` is the share
     read as the target value, ``kept`` the share still the source value. With ``truth_a`` (A's attributes) also
     ``others_kept``: the share that is valid and keeps every other attribute of A (what an edit must preserve), and
-    ``moved_and_others_kept``: both in the same image."""
+    ``moved_and_others_kept``: both in the same image. ``delta_h_ratio``: the mean ‖h_B − h_A‖ / ‖h_A‖ over images and
+    swapped steps (the length of the swap's Δh); ``read_as``: how many images read as each value ("invalid": not one
+    clean shape)."""
     n = x_a.shape[0]
-    reads = shapes.read_attributes(h_swap(unet, x_a, x_b, t_edit, n_steps, asymmetric).cpu())
+    ratios: list[torch.Tensor] = []
+    reads = shapes.read_attributes(h_swap(unet, x_a, x_b, t_edit, n_steps, asymmetric, ratios=ratios).cpu())
     moved = [r["valid"] and r[attribute] == trg_value for r in reads]
     result = {"attribute": attribute, "from": src_value, "to": trg_value, "images": images, "n": n, "t_edit": t_edit,
               "n_steps": n_steps, "asymmetric": asymmetric, "transferred": sum(moved) / n,
-              "kept": sum(r["valid"] and r[attribute] == src_value for r in reads) / n}
+              "kept": sum(r["valid"] and r[attribute] == src_value for r in reads) / n,
+              "delta_h_ratio": round(float(torch.cat(ratios).mean()), 4) if ratios else 0.0,
+              "read_as": dict(sorted(collections.Counter(r[attribute] if r["valid"] else "invalid"
+                                                         for r in reads).items()))}
     if truth_a is not None:
         others = [k for k in shapes.ATTRIBUTES if k != attribute]
         kept = [r["valid"] and all(r[k] == t[k] for k in others) for r, t in zip(reads, truth_a)]

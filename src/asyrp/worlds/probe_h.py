@@ -146,7 +146,8 @@ def readiness(unet, attribute: str = "color", t_edit: int = shapes.T_EDIT, n: in
     def counted(reads: dict) -> dict:
         return {"asymmetric": reads["asymmetric"], "n": n, "moved": round(reads["transferred"] * n),
                 "still_source": round(reads["kept"] * n), "others_kept": round(reads["others_kept"] * n),
-                "moved_and_others_kept": round(reads["moved_and_others_kept"] * n)}
+                "moved_and_others_kept": round(reads["moved_and_others_kept"] * n),
+                "delta_h_ratio": reads["delta_h_ratio"], "read_as": reads["read_as"]}
     swaps = [counted(h_swap_reads(unet, x_a, x_b, attribute, src, trg, "real", t_edit, n_steps, asymmetric, truth))
              for asymmetric in (False, True)]
     reconstruction = counted(h_swap_reads(unet, x_a, x_a, attribute, src, trg, "real", t_edit, n_steps, False, truth))
@@ -168,7 +169,8 @@ def print_readiness(r: dict) -> None:
     for s in r["h_swap"]:
         print(f"  {'asymmetric' if s['asymmetric'] else 'symmetric'} h-swap: moved to {r['to']} {s['moved']} of "
               f"{s['n']}, others kept {s['others_kept']}, both {s['moved_and_others_kept']}, still {r['from']} "
-              f"{s['still_source']}")
+              f"{s['still_source']}" + (f"; ‖h_B − h_A‖/‖h_A‖ {s['delta_h_ratio']:.3f}" if "delta_h_ratio" in s else "")
+              + (f"; read as {s['read_as']}" if "read_as" in s else ""))
     accuracy = r["linear_probe"]["accuracy"]
     print("  linear read-out from h: " + ", ".join(f"t = {t}: {a:.3f}" for t, a in accuracy.items())
           + f" (chance {r['linear_probe']['chance']:.3f})")
