@@ -104,6 +104,11 @@ def test_linearity_summary_is_computed_not_assumed():
 def test_demo_rejects_unknown_values(tmp_path, capsys):
     assert cli_main(["demo", "--out", str(tmp_path), "--direction", "color", "--to", "pink"]) == 2
     assert "'pink' is not a color of the shapes world" in capsys.readouterr().err
+    # a list that starts with a negative number is the option's value (argparse alone reads "-1,0" as an option)
+    assert cli_main(["demo", "--out", str(tmp_path), "--strengths", "-1,-0.5,1e-1", "--to", "pink"]) == 2
+    assert "'pink' is not a color" in capsys.readouterr().err
+    assert cli_main(["demo", "--out", str(tmp_path), "--strengths", "-x"]) == 2
+    assert "argument --strengths: expected one argument" in capsys.readouterr().err
     with pytest.raises(UserError, match="unknown optimizer 'adam'; choose one of adamw, sgd"):
         run_shapes_demo(tmp_path, "color", optimizer="adam", progress=False)
 

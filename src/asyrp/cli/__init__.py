@@ -20,6 +20,7 @@ import argparse
 import errno
 import importlib
 import os
+import re
 import sys
 import warnings
 
@@ -51,7 +52,13 @@ class UsageError(UserError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument raises :class:`UsageError` (one line) instead of printing the whole usage."""
+    """argparse, but a bad argument raises :class:`UsageError` (one line) instead of printing the whole usage, and a
+    comma-separated list that starts with a negative number (``--strengths -1,0,1``) is a value, not an option."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        number = r"-?(\d+|\d*\.\d+)([eE][-+]?\d+)?"
+        self._negative_number_matcher = re.compile(rf"^-{number[2:]}(,\s*{number})*$")
 
     def error(self, message: str):
         raise UsageError(f"{message} (see {self.prog} --help)")
