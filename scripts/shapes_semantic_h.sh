@@ -27,16 +27,16 @@ NET=(--batch-size 32 --ch 64 --ch-mult 1,1,2,2 --attn 8 --offset-noise 0.1 --h-o
 
 asyrp train-backbone --out "$RUNS/aux$H_ONLY" --steps 2400 --lr 5e-4 --init-from "$SHIPPED/ddpm.pt" --resume "${NET[@]}"
 models=("aux$H_ONLY")
+if [ "${CONTINUE:-0}" = 1 ]; then
+  asyrp train-backbone --out "$RUNS/aux${H_ONLY}b" --steps 2400 --lr 3e-4 --init-from "$RUNS/aux$H_ONLY/ddpm.pt" \
+    --resume "${NET[@]}"
+  models+=("aux${H_ONLY}b")
+fi
 CLIP="$SHIPPED/clip.pt"
 if [ "${CLIP_RN:-0}" = 1 ]; then
   asyrp train-clip --out "$RUNS/clip_rn32" --vision resnet --resnet-width 32 --steps 800 --eval-every 400 \
     --ckpt-every 200 --threads "$THREADS" --resume
   CLIP="$RUNS/clip_rn32/clip.pt"
-fi
-if [ "${CONTINUE:-0}" = 1 ]; then
-  asyrp train-backbone --out "$RUNS/aux${H_ONLY}b" --steps 2400 --lr 3e-4 --init-from "$RUNS/aux$H_ONLY/ddpm.pt" \
-    --resume "${NET[@]}"
-  models+=("aux${H_ONLY}b")
 fi
 
 for model in "${models[@]}"; do

@@ -57,8 +57,8 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        number = r"-?(\d+|\d*\.\d+)([eE][-+]?\d+)?"
-        self._negative_number_matcher = re.compile(rf"^-{number[2:]}(,\s*{number})*$")
+        unsigned = r"(\d+|\d*\.\d+)([eE][-+]?\d+)?"
+        self._negative_number_matcher = re.compile(rf"^-{unsigned}(,\s*-?{unsigned})*$")
 
     def error(self, message: str):
         raise UsageError(f"{message} (see {self.prog} --help)")
