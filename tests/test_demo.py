@@ -3,13 +3,12 @@
 One direction ("a red shape" → "a blue shape", conv block, the demo's defaults) is trained from the shipped tiny DDPM
 and tiny CLIP, then held-out real images are edited and read by the exact attribute reader.
 
-What was measured (`scripts/shapes_study.sh`, 3 seeds, conv block, demo defaults: AdamW 1e-2, λ_L1 = 0.3, t_edit = 500;
-blogpost.md §4): **the edit happens** — edit success at strength 1 is 0.75 / 0.44 / 0.44 for seeds 0 / 1 / 2, 0 at
-strength 0 — **but it does not preserve the rest of the image**: preservation at strength 1 is 0.06 / 0.06 / 0.00
-(shapes turn into blobs — also with a tiny CLIP trained to see shape, blogpost.md §4), against 0.88 / 0.88 / 0.44 for the plain reconstruction
-(strength 0). The test asserts the first and records the second (PRESERVATION_MAX) instead of tuning it away; a world
-where the edit preserves must raise it, and the report with it. With the original's recipe (SGD 0.5, λ_L1 = 3) the
-block does not move and the success is 0 (the earlier tables of blogpost.md §4).
+What was measured on the shipped world (the h-only fine-tuned DDPM and the ResNet-16 CLIP, demo defaults: AdamW 1e-3,
+λ_L1 = 3, ‖Δh‖ ≤ 0.5‖h‖, t_edit = 500; `asyrp demo --seeds 0,1,2`, README and blogpost.md §4): **the edit happens with
+Δh half as long as h** — edit success at strength 1 is 0.62 / 0.69 / 0.62 for seeds 0 / 1 / 2, 0 at strength 0 —
+**and it preserves only part of the rest**: preservation at strength 1 is 0.50 / 0.38 / 0.31 against 0.81 / 0.75 /
+0.88 for the plain reconstruction (strength 0). The test asserts the edit, the bound and the reconstruction, and
+records the preservation as a finding (PRESERVATION: issue 19's done-when asks for 0.8) instead of tuning it away.
 """
 
 from __future__ import annotations
@@ -26,12 +25,13 @@ from asyrp.cli import main as cli_main
 from asyrp.worlds.demo import linearity, run_shapes_demo
 from asyrp.plots import grid, load_png
 
-SUCCESS_MIN = 0.3             # at strength 1; measured 0.44 – 0.75 over 3 seeds (seed 0, run here: 0.75)
-S_DIR_GAIN_MIN = 0.3          # S_dir(1) − S_dir(0); measured 0.53 – 0.78
-RECONSTRUCTION_MIN = 0.3      # preservation at strength 0; measured 0.44 – 0.88
-VALID_MIN = 0.4               # at strength 1; measured 0.50 – 0.88
-PRESERVATION_MAX = 0.25       # recorded finding at strength 1: measured 0.00 – 0.06 for every seed
-DELTA_RATIO_MIN = 10.0        # recorded finding: the learnt ‖Δh‖/‖h‖ is 144 on average for seed 0 — it overwrites h
+SUCCESS_MIN = 0.4             # at strength 1; seed 0 (run here) measured 0.62 (seeds 1, 2: 0.69, 0.62)
+S_DIR_GAIN_MIN = 0.3          # S_dir(1) − S_dir(0); measured 0.59 for seed 0 (0.56 – 0.64 over 3 seeds)
+RECONSTRUCTION_MIN = 0.5      # preservation at strength 0; measured 0.75 – 0.88
+VALID_MIN = 0.75              # at strength 1; measured 1.00 for every seed
+PRESERVATION = (0.2, 0.8)     # at strength 1: measured 0.50 for seed 0 (0.31 – 0.50). The old world's 0.06 must not
+                              # come back; above 0.8 is issue 19's done-when — update README and blogpost §4 then
+DELTA_RATIO = (0.4, 0.5)      # the learnt ‖Δh‖/‖h‖ at strength 1: the bound (0.5) holds and the block uses it (0.50)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_demo_edits_real_images(demo_run):
     for key in ("edit_success", "preservation", "s_dir", "seconds", "direction", "strength", "linearity"):
         assert key in saved, key
     assert saved["direction"]["from"] == "red" and saved["direction"]["to"] == "blue" and saved["strength"] == 1.0
-    assert (saved["optimizer"], saved["lr"], saved["l1_weight"]) == ("adamw", 1e-2, 0.3)
+    assert (saved["optimizer"], saved["lr"], saved["l1_weight"], saved["max_delta_ratio"]) == ("adamw", 1e-3, 3.0, 0.5)
     by_strength = {p["strength"]: p for p in m["per_strength"]}
     # strength 0 is the plain inversion → regeneration: nothing turns blue
     assert by_strength[0.0]["edit_success"] == 0.0
@@ -65,9 +65,11 @@ def test_demo_edits_real_images(demo_run):
     assert m["edit_success"] >= SUCCESS_MIN, m["per_strength"]
     assert m["s_dir"] - by_strength[0.0]["s_dir"] >= S_DIR_GAIN_MIN, m["per_strength"]
     assert m["valid"] >= VALID_MIN, m["per_strength"]
-    news = "the edit now preserves shape, size and background: update PRESERVATION_MAX and blogpost.md §4"
-    assert m["preservation"] <= PRESERVATION_MAX, (news, m["per_strength"])
-    assert m["delta_h_ratio"]["mean"] >= DELTA_RATIO_MIN, m["delta_h_ratio"]
+    news = "the edit now preserves shape, size and background (issue 19): update PRESERVATION, README, blogpost §4"
+    assert PRESERVATION[0] <= m["preservation"], m["per_strength"]
+    assert m["preservation"] <= PRESERVATION[1], (news, m["per_strength"])
+    lo, hi = DELTA_RATIO
+    assert lo <= m["delta_h_ratio"]["min"] and m["delta_h_ratio"]["max"] <= hi + 1e-4, m["delta_h_ratio"]
     kept = by_strength[1.0]["kept_by_attribute"]
     assert set(kept) == {"shape", "size", "background"} and all(0 <= v <= 1 for v in kept.values())
     hs = m["h_swap"]
@@ -191,8 +193,9 @@ def test_sampled_images_of_a_value_are_read_as_that_value(tmp_path):
 
 
 def test_probe_h_measures_the_shipped_ddpm(tmp_path, capsys):
-    """The diagnosis of blogpost.md §4 as a command: the inverted latent still shows the colour far above the forward
-    process's √ᾱ_T share, and h alone moves the shipped decoder's ε by well under 1 %."""
+    """The diagnosis of blogpost.md §4 as a command, on the shipped h-only DDPM: the inverted latent still shows the
+    colour far above the forward process's √ᾱ_T share, and h now moves the decoder's ε (by 6–8 % at t = 525–578,
+    measured; the base model of blogpost.md §4: well under 1 %), with colour linearly readable from h at t = 420."""
     from asyrp.worlds import probe_h
 
     torch.set_num_threads(2)
@@ -201,13 +204,14 @@ def test_probe_h_measures_the_shipped_ddpm(tmp_path, capsys):
     s = result["sensitivity"]
     assert result["ddpm"] == "shipped" and s["n"] == 2 and len(s["steps"]) == 20
     assert s["xT_share"] > 10 * s["forward_process_share"] > 0
-    assert all(row["h_change"] > 0.05 and 0 < row["eps_change"] < 0.01 for row in s["steps"] if row["t"] >= 500)
-    # the predicted x0 does tell red from blue (through the skips): at the last step most of the difference is back
+    assert all(row["h_change"] > 0.5 for row in s["steps"] if row["t"] >= 500)
+    assert max(row["eps_change"] for row in s["steps"] if 500 <= row["t"] < 600) > 0.03
+    # the predicted x0 tells red from blue: at the last step most of the difference is back
     assert s["steps"][-1]["t"] == 0 and s["steps"][-1]["p_share"] > 0.5
-    # colour is only partly in h: linearly readable well above chance at t = 420 (measured 0.516), near chance at 800
+    # colour is in h below t ≈ 500: linearly readable at t = 420 (measured 0.867), near chance at 800 (0.160)
     lp = result["linear_probe"]
     assert lp["chance"] == round(1 / 6, 4) and set(lp["accuracy"]) == {"420", "600", "800"}
-    assert lp["accuracy"]["420"] > 2 * lp["chance"] and lp["accuracy"]["800"] < 0.3
+    assert lp["accuracy"]["420"] > 0.75 and lp["accuracy"]["800"] < 0.3
     assert "the DDIM-inverted x_T keeps" in capsys.readouterr().out
 
 

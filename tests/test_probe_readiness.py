@@ -163,9 +163,12 @@ def test_shipped_readiness_is_consistent_with_its_thresholds():
     assert set(r["linear_probe"]["accuracy"]) == {str(t) for t in (shapes.T_EDIT, *probe_h.READOUT_T)}
     assert r["verdict"] == json.loads(json.dumps(
         probe_h.readiness_verdict(r["h_swap"], r["linear_probe"]["accuracy"], r["verdict"]["thresholds"])))
-    # what it measured on the shipped DDPM: h does not carry colour (no swap moves it, read-out far below 0.9)
-    assert r["verdict"]["ready"] is False and all(s["moved"] == 0 for s in r["h_swap"])
-    assert r["verdict"]["readout_best"]["accuracy"] < probe_h.READY["readout_min"]
+    # what it measured on the shipped DDPM (h-only decoder at t >= 300): h carries colour in part — the asymmetric swap
+    # moves it in 9 of 16 pairs and keeps the rest in 10, read-out 0.660 at t = 500 — short of the thresholds
+    sym, asym = r["h_swap"]
+    assert (sym["moved"], sym["others_kept"], asym["moved"], asym["others_kept"]) == (6, 8, 9, 10)
+    assert r["verdict"]["ready"] is False
+    assert 0.6 < r["verdict"]["readout_best"]["accuracy"] < probe_h.READY["readout_min"]
 
 
 def test_shipped_card_is_rendered_from_the_shipped_files(tmp_path):
@@ -177,7 +180,7 @@ def test_shipped_card_is_rendered_from_the_shipped_files(tmp_path):
     assert card.main(["--rerender", "--dest", str(tmp_path)]) == 0
     assert (tmp_path / "MODEL_CARD.md").read_text() == shipped
     assert "## Readiness of h (issue 19)" in shipped and "**Ready: no**" in shipped
-    assert "| symmetric | 0 of 16 |" in shipped
+    assert "| asymmetric (Asyrp step) | 9 of 16 | 10 of 16 | 5 of 16 | 1 of 16 |" in shipped
     (tmp_path / "readiness.json").unlink()
     card.rerender(tmp_path)
     plain = (tmp_path / "MODEL_CARD.md").read_text()

@@ -51,12 +51,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="quality boosting: stochastic DDIM steps (η = 1) below this t when editing (default: off)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",
                    help="adamw (default in the shapes world) or sgd (the original's, with --lr 0.5 --l1-weight 3)")
-    p.add_argument("--lr", type=float, help="learning rate (default 1e-2 with AdamW, 0.5 with SGD)")
-    p.add_argument("--l1-weight", type=float, default=0.3,
-                   help="weight of the L1 term |P_edit − P_ref|, times the text cosine (default 0.3; the original: 3)")
-    p.add_argument("--max-delta-ratio", type=float, metavar="R",
-                   help="bound the block's output to ‖Δh‖ ≤ R·‖h‖ per image, in training and editing "
-                        "(default: unbounded)")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {demo.SHAPES_LR['adamw']:g} with AdamW, "
+                                             f"{demo.SHAPES_LR['sgd']:g} with SGD)")
+    p.add_argument("--l1-weight", type=float, default=demo.L1_WEIGHT,
+                   help=f"weight of the L1 term |P_edit − P_ref|, times the text cosine (default {demo.L1_WEIGHT:g}, "
+                        "as the original)")
+    p.add_argument("--max-delta-ratio", type=float, default=demo.MAX_DELTA_RATIO, metavar="R",
+                   help=f"bound the block's output to ‖Δh‖ ≤ R·‖h‖ per image, in training and editing (default "
+                        f"{demo.MAX_DELTA_RATIO:g}; 0: unbounded)")
     p.add_argument("--strengths", type=parse_numbers, default=list(demo.STRENGTHS), metavar="X,Y,...",
                    help="comma-separated edit strengths of the sweep (1 is the trained one)")
     p.add_argument("--world-dir", help="shapes world: a folder with retrained ddpm.pt and clip.pt (default: the shipped)")
@@ -73,11 +75,13 @@ def main(args: argparse.Namespace) -> int:
         path = celeba_demo.run_celeba_demo(out, seed=args.seed, weights_dir=args.weights_dir, device=args.device)
         print(f"wrote {path}")
         return 0
+    if args.max_delta_ratio < 0:
+        raise UserError(f"--max-delta-ratio must be >= 0 (0: unbounded), not {args.max_delta_ratio:g}")
     kwargs = dict(attribute=args.direction, src_value=args.src_value, trg_value=args.trg_value, kind=args.kind,
                   n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, device=args.device,
                   batch_size=args.batch_size, images=args.images, n_steps=args.n_steps, t_edit=args.t_edit,
                   t_boost=args.t_boost, lr=args.lr, optimizer=args.optimizer, l1_weight=args.l1_weight,
-                  max_delta_ratio=args.max_delta_ratio, strengths=[float(v) for v in args.strengths],
+                  max_delta_ratio=args.max_delta_ratio or None, strengths=[float(v) for v in args.strengths],
                   world_dir=args.world_dir, progress=not args.no_progress)
     if args.seeds is None:
         print_run(demo.run_shapes_demo(out, seed=args.seed, **kwargs), out)
