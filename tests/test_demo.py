@@ -87,6 +87,12 @@ def test_delta_h_ratio_measures_the_block_against_h():
     assert r == {"mean": 2.0, "min": 2.0, "max": 2.0}
     r = delta_h_ratio(unet, lambda h, temb: torch.ones_like(h), x_T, t_edit=500, n_steps=6)
     assert r["min"] < r["max"]  # ‖1‖/‖h‖ varies with h
+    # from x_{t_0} (--t-0): the walk covers the grid of [0, t_0], so the block runs at that grid's steps ≥ t_edit
+    from asyrp import diffusion as D
+    for t_0 in (999, 700):
+        calls = []
+        delta_h_ratio(unet, lambda h, temb: calls.append(1) or h, x_T, t_edit=300, n_steps=6, t_0=t_0)
+        assert len(calls) == sum(t >= 300 for t, _ in D.generative_pairs(6, t_0)) > 0
 
 
 def test_linearity_summary_is_computed_not_assumed():
@@ -104,6 +110,8 @@ def test_linearity_summary_is_computed_not_assumed():
 
 
 def test_demo_rejects_unknown_values(tmp_path, capsys):
+    assert cli_main(["demo", "--out", str(tmp_path), "--t-0", "400"]) == 2
+    assert "t_0 must lie in (t_edit, 999] = (500, 999], not 400" in capsys.readouterr().err
     assert cli_main(["demo", "--out", str(tmp_path), "--direction", "color", "--to", "pink"]) == 2
     assert "'pink' is not a color of the shapes world" in capsys.readouterr().err
     # a list that starts with a negative number is the option's value (argparse alone reads "-1,0" as an option)

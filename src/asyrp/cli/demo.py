@@ -47,6 +47,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "value")
     p.add_argument("--n-steps", type=at_least(1), default=20, help="DDIM steps for inversion, training and editing")
     p.add_argument("--t-edit", type=int, default=shapes.T_EDIT, help=f"edit at t >= t_edit (default {shapes.T_EDIT})")
+    p.add_argument("--t-0", type=int, default=999,
+                   help="invert up to t_0 and edit t_0 >= t >= t_edit (the original's t_0; default 999: all of it)")
     p.add_argument("--t-boost", type=int,
                    help="quality boosting: stochastic DDIM steps (η = 1) below this t when editing (default: off)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",
@@ -79,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--max-delta-ratio must be >= 0 (0: unbounded), not {args.max_delta_ratio:g}")
     kwargs = dict(attribute=args.direction, src_value=args.src_value, trg_value=args.trg_value, kind=args.kind,
                   n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, device=args.device,
-                  batch_size=args.batch_size, images=args.images, n_steps=args.n_steps, t_edit=args.t_edit,
+                  batch_size=args.batch_size, images=args.images, n_steps=args.n_steps, t_0=args.t_0,
+                  t_edit=args.t_edit,
                   t_boost=args.t_boost, lr=args.lr, optimizer=args.optimizer, l1_weight=args.l1_weight,
                   max_delta_ratio=args.max_delta_ratio or None, strengths=[float(v) for v in args.strengths],
                   world_dir=args.world_dir, progress=not args.no_progress)

@@ -67,6 +67,7 @@ def _items(dataset, prefix: str) -> list[dict]:
 def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None = None, trg_value: str | None = None,
                     kind: str = "conv", seed: int = 0, n_train: int = 24, n_test: int = 16, epochs: int = 4,
                     t_edit: int = shapes.T_EDIT, t_boost: int | None = None, n_steps: int = 20, lr: float | None = None,
+                    t_0: int = 999,
                     optimizer: str = "adamw",
                     images: str = "real", strengths=STRENGTHS, device: str | None = None,
                     world_dir: str | None = None, batch_size: int = 4, l1_weight: float = L1_WEIGHT,
@@ -79,6 +80,8 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     for v in (src_value, trg_value):
         if v not in shapes.ATTRIBUTES[attribute]:
             raise UserError(f"{v!r} is not a {attribute} of the shapes world ({', '.join(shapes.ATTRIBUTES[attribute])})")
+    if not t_edit < t_0 <= 999:
+        raise UserError(f"t_0 must lie in (t_edit, 999] = ({t_edit}, 999], not {t_0}")
     if optimizer not in SHAPES_LR:
         raise UserError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(SHAPES_LR)}")
     started = time.perf_counter()
@@ -96,7 +99,7 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     backbone = Backbone(unet, "shapes", fingerprint_of(unet), None, "shapes")
     encoder, clip_size = shapes.load_tiny_clip(device, world_dir)
     src, trg = shapes_text(attribute, src_value), shapes_text(attribute, trg_value)
-    settings = InversionSettings(n_inv_step=n_steps)
+    settings = InversionSettings(n_inv_step=n_steps, t_0=t_0)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
 
     if images not in ("real", "sampled"):
@@ -118,7 +121,7 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     delta = DeltaBlockConfig(kind=kind, heads=2 if kind != "conv" else 1, ff_dim=256, zero_init=kind != "conv",
                              max_ratio=max_delta_ratio)
     cfg = TrainConfig(src=src, trg=trg, backbone="shapes", clip_model="shapes", n_inv_step=n_steps,
-                      n_train_step=n_steps, t_edit=t_edit, t_boost=t_boost, delta=delta, n_images=n_train,
+                      n_train_step=n_steps, t_0=t_0, t_edit=t_edit, t_boost=t_boost, delta=delta, n_images=n_train,
                       optimizer=optimizer,
                       lr=lr if lr is not None else SHAPES_LR[optimizer],
                       clip_weight=1.0, l1_weight=l1_weight, batch_size=batch_size, epochs=epochs, seed=seed,
@@ -130,7 +133,7 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     test_entries, truth = source_images(n_test, 10_000, "test")  # held out: other seeds than the training images
     block = load_delta_block(direction_path).to(device)
     ecfg = EditConfig(directions=[str(direction_path)], backbone="shapes", n_images=n_test, n_inv_step=n_steps,
-                      n_test_step=n_steps, t_edit=t_edit, t_boost=t_boost, strengths=list(strengths), batch_size=32,
+                      n_test_step=n_steps, t_0=t_0, t_edit=t_edit, t_boost=t_boost, strengths=list(strengths), batch_size=32,
                       device=str(device))
     record = edit(ecfg, out / "edit", backbone=backbone, entries=test_entries,
                   directions=[Direction(block, str(direction_path), None, n_steps, t_edit, t_boost)],
@@ -161,9 +164,9 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     # key stays the strength-1 value it always was
     x_T = torch.stack([e["x_T"] for e in test_entries]).to(device)
     for p in per_strength:
-        p["delta_h_ratio"] = delta_h_ratio(unet, block, x_T, t_edit, n_steps, strength=p["strength"])
+        p["delta_h_ratio"] = delta_h_ratio(unet, block, x_T, t_edit, n_steps, strength=p["strength"], t_0=t_0)
     at_one = [p["delta_h_ratio"] for p in per_strength if p["strength"] == 1.0]
-    delta_ratio = at_one[0] if at_one else delta_h_ratio(unet, block, x_T, t_edit, n_steps)
+    delta_ratio = at_one[0] if at_one else delta_h_ratio(unet, block, x_T, t_edit, n_steps, t_0=t_0)
     stage_done("measure")  # reader, S_dir and the ratios
     # the ceiling: does h carry this attribute at all in this DDPM (no training involved)?
     swap = h_swap_transfer(unet, attribute, src_value, trg_value, images, seed=seed, t_edit=t_edit,
@@ -176,7 +179,7 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
         "block": delta.kind, "strength": main["strength"], "edit_success": main["edit_success"],
         "preservation": main["preservation"], "s_dir": main["s_dir"], "valid": main["valid"],
         "linearity": linearity(per_strength),
-        "per_strength": per_strength, "n_train": n_train, "n_test": n_test, "t_edit": t_edit, "t_boost": t_boost,
+        "per_strength": per_strength, "n_train": n_train, "n_test": n_test, "t_0": t_0, "t_edit": t_edit, "t_boost": t_boost,
         "n_steps": n_steps, "seed": seed, "images": images, "optimizer": cfg.optimizer, "lr": cfg.lr,
         "l1_weight": l1_weight, "epochs": epochs, "max_delta_ratio": max_delta_ratio, "delta_h_ratio": delta_ratio,
         "h_swap": swap, "seconds": round(time.perf_counter() - started, 1), "stage_seconds": stage_seconds,
