@@ -296,6 +296,23 @@ def test_train_backbone_h_only_fine_tune(tmp_path, capsys):
     assert "differs from" in capsys.readouterr().err
 
 
+def test_perturb_h_moves_h_by_the_given_share_only_where_the_decoder_reads_h_alone(tmp_path, capsys):
+    """--h-noise S: h + a random direction of length S·‖h‖ per sample at t ≥ h_only_from_t, h unchanged below; the
+    option needs --h-only-from-t."""
+    from asyrp.worlds.train_backbone import perturb_h
+
+    h = torch.randn(4, 8, 2, 2) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(-1, 1, 1, 1)
+    t = torch.tensor([100, 299, 300, 900])
+    out = perturb_h(h, t, 300, 0.3, torch.Generator().manual_seed(0))
+    moved = (out - h).flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1)
+    assert torch.equal(out[:2], h[:2])
+    assert torch.allclose(moved[2:], torch.full((2,), 0.3), atol=1e-6)
+    again = perturb_h(h, t, 300, 0.3, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert cli_main(["train-backbone", "--out", str(tmp_path), "--steps", "1", "--h-noise", "0.3", *DDPM_TINY]) == 2
+    assert "give --h-only-from-t T as well" in capsys.readouterr().err
+
+
 def test_train_backbone_h_attribute_readout(tmp_path):
     """--h-attribute-weight W: a linear read-out of the four attributes from h trains with the DDPM; its loss is logged
     apart (the logged DDPM loss of step 1 is that of the same weights without it), it changes the update, it is not

@@ -60,6 +60,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="add W × the cross-entropy of a linear read-out of shape, colour, size and background from the "
                         "flattened h (trained with the DDPM, not shipped), so the encoder writes every attribute into "
                         "h linearly; 0: off, the plain DDPM loss")
+    p.add_argument("--h-noise", type=float, default=0.0, metavar="S",
+                   help="at t >= --h-only-from-t, decode from h plus a random direction of length S·‖h‖ (the target "
+                        "stays the clean image), so that a short change of h does not redraw the image; 0: off")
     add_run_arguments(p, log_every=50)
     p.add_argument("--sample-steps", type=int, default=40)
     p.add_argument("--eval-samples", type=int, default=1000, help="generated samples scored by the reader (0: skip)")

@@ -81,7 +81,9 @@ def _finetune_lines(dm: dict) -> list[str]:
                      f"`--h-only-from-t`, where the loss is the x0 error); the object's pixels weighted 1 + "
                      f"{dm.get('object_weight', 0.0):g} in the loss (`--object-weight`); a linear "
                      f"read-out of the attributes from h trained beside it with weight "
-                     f"{dm.get('h_attribute_weight', 0.0)} (not shipped).")
+                     f"{dm.get('h_attribute_weight', 0.0)} (not shipped)"
+                     + (f"; decoded from h moved by {dm['h_noise']:g}·‖h‖ in a random direction (`--h-noise`)"
+                        if dm.get("h_noise") else "") + ".")
     return lines
 
 

@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from asyrp import diffusion, sampling
+from asyrp.errors import UserError
 from asyrp.io.files import (
     append_jsonl,
     atomic_json,
@@ -136,6 +137,17 @@ def loss_weights(t: torch.Tensor, a: torch.Tensor, h_only_from_t: int | None) ->
     if h_only_from_t is None:
         return w
     return torch.where(t >= h_only_from_t, ((1 - a) / a).view(-1).float(), w)
+
+
+def perturb_h(h: torch.Tensor, t: torch.Tensor, h_only_from_t: int, scale: float,
+              generator: torch.Generator) -> torch.Tensor:
+    """h plus a random direction of length ``scale``·‖h‖ per sample at t ≥ ``h_only_from_t`` (``--h-noise``), h
+    itself below: the decoder, which draws x0 from h alone there, learns to draw the same image from a nearby h, so
+    that a short Δh changes what the decoder reads as meaningful rather than redrawing the outline."""
+    n = torch.randn(h.shape, generator=generator).to(h.device)
+    n = n / n.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    length = scale * h.detach().flatten(1).norm(dim=1) * (t >= h_only_from_t).to(h.dtype)
+    return h + length.view(-1, 1, 1, 1) * n
 
 
 def pixel_weights(specs, object_weight: float, image_size: int) -> torch.Tensor:
@@ -271,6 +283,8 @@ def last_logged_loss(log_path: Path) -> float:
 def train(args: argparse.Namespace) -> int:
     """Train (or resume) the tiny DDPM with the options of ``asyrp train-backbone`` (:mod:`asyrp.cli.train_backbone`);
     writes OUT/ddpm.pt and its log. Returns 0 (an exit status: the CLI returns it)."""
+    if args.h_noise and args.h_only_from_t is None:
+        raise UserError("--h-noise perturbs h where the decoder reads it alone: give --h-only-from-t T as well")
     device, out, ckpt_path, log_path = open_run(args, "ddpm_train_log.jsonl")
 
     config = model_config(args)
@@ -326,7 +340,8 @@ def train(args: argparse.Namespace) -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         h, skips, temb = model.encode(x_t, t)
-        sq_err = (model.decode(h, skips, temb, x_t, t) - eps).pow(2)
+        h_in = perturb_h(h, t, args.h_only_from_t, args.h_noise, g) if args.h_noise else h
+        sq_err = (model.decode(h_in, skips, temb, x_t, t) - eps).pow(2)
         if args.object_weight:
             sq_err = sq_err * pixel_weights(specs, args.object_weight, args.image_size).to(device)
         per_sample = sq_err.mean(dim=(1, 2, 3))
@@ -372,7 +387,7 @@ def train(args: argparse.Namespace) -> int:
             "weights": "fp32" if args.fp32 else "fp16", "schedule": "linear 1e-4..0.02, T=1000, eps-prediction",
             "offset_noise": args.offset_noise, "antisym_init": args.antisym_init, "threads": args.threads,
             "h_only_from_t": args.h_only_from_t, "init_from": init_from, "object_weight": args.object_weight,
-            "h_attribute_weight": args.h_attribute_weight,
+            "h_attribute_weight": args.h_attribute_weight, "h_noise": args.h_noise,
             "data": "asyrp.worlds.shapes.random_batch(batch, stream_seed(seed, step)), 32x32"}
     obj = export(ema, config, meta, out / "ddpm.pt", fp16=not args.fp32)
     shipped = shapes.ddpm_from_checkpoint(obj, device)
