@@ -112,6 +112,8 @@ def test_linearity_summary_is_computed_not_assumed():
 def test_demo_rejects_unknown_values(tmp_path, capsys):
     assert cli_main(["demo", "--out", str(tmp_path), "--t-0", "400"]) == 2
     assert "t_0 must lie in (t_edit, 999] = (500, 999], not 400" in capsys.readouterr().err
+    assert cli_main(["demo", "--out", str(tmp_path), "--max-delta-ratio", "-1"]) == 2
+    assert "--max-delta-ratio must be >= 0 (0: unbounded), not -1" in capsys.readouterr().err
     assert cli_main(["demo", "--out", str(tmp_path), "--direction", "color", "--to", "pink"]) == 2
     assert "'pink' is not a color of the shapes world" in capsys.readouterr().err
     # a list that starts with a negative number is the option's value (argparse alone reads "-1,0" as an option)

@@ -100,8 +100,8 @@ def image_generators(seed: int, indices: Sequence[int], device: str | torch.devi
 def delta_h_ratio(unet: nn.Module, block: nn.Module, x_T: torch.Tensor, t_edit: int, n_steps: int,
                   alphas: torch.Tensor | None = None, strength: float = 1.0, t_0: int = 999) -> dict:
     """‖strength·Δh‖ / ‖h‖ per image along the edited path of that strength (η = 0, h̃ = h + strength·Δh) from
-    ``x_T`` = x_{t_0}, at every t ≥ t_edit (``alphas``: the ᾱ table, default the linear-β DDPM's): how far the learnt edit
-    moves h compared with h itself (mean, min and max over images and steps). Strength 0 walks the unedited path
+    ``x_T`` = x_{t_0}, at every t ≥ t_edit (``alphas``: the ᾱ table, default the linear-β DDPM's): how far the learnt
+    edit moves h compared with h itself (mean, min and max over images and steps). Strength 0 walks the unedited path
     and gives 0; the edit is small in the paper's sense when the ratio stays well below 1."""
     alphas = (D.alphas_cumprod(D.linear_betas()) if alphas is None else alphas).to(x_T.device)
     x, ratios = x_T, []

@@ -82,8 +82,7 @@ def main(args: argparse.Namespace) -> int:
     kwargs = dict(attribute=args.direction, src_value=args.src_value, trg_value=args.trg_value, kind=args.kind,
                   n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, device=args.device,
                   batch_size=args.batch_size, images=args.images, n_steps=args.n_steps, t_0=args.t_0,
-                  t_edit=args.t_edit,
-                  t_boost=args.t_boost, lr=args.lr, optimizer=args.optimizer, l1_weight=args.l1_weight,
+                  t_edit=args.t_edit, t_boost=args.t_boost, lr=args.lr, optimizer=args.optimizer, l1_weight=args.l1_weight,
                   max_delta_ratio=args.max_delta_ratio or None, strengths=[float(v) for v in args.strengths],
                   world_dir=args.world_dir, progress=not args.no_progress)
     if args.seeds is None:

@@ -67,8 +67,7 @@ def _items(dataset, prefix: str) -> list[dict]:
 def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None = None, trg_value: str | None = None,
                     kind: str = "conv", seed: int = 0, n_train: int = 24, n_test: int = 16, epochs: int = 4,
                     t_edit: int = shapes.T_EDIT, t_boost: int | None = None, n_steps: int = 20, lr: float | None = None,
-                    t_0: int = 999,
-                    optimizer: str = "adamw",
+                    t_0: int = 999, optimizer: str = "adamw",
                     images: str = "real", strengths=STRENGTHS, device: str | None = None,
                     world_dir: str | None = None, batch_size: int = 4, l1_weight: float = L1_WEIGHT,
                     max_delta_ratio: float | None = MAX_DELTA_RATIO, cache_dir: str | Path | None = None, progress: bool = True) -> dict:
@@ -133,8 +132,8 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     test_entries, truth = source_images(n_test, 10_000, "test")  # held out: other seeds than the training images
     block = load_delta_block(direction_path).to(device)
     ecfg = EditConfig(directions=[str(direction_path)], backbone="shapes", n_images=n_test, n_inv_step=n_steps,
-                      n_test_step=n_steps, t_0=t_0, t_edit=t_edit, t_boost=t_boost, strengths=list(strengths), batch_size=32,
-                      device=str(device))
+                      n_test_step=n_steps, t_0=t_0, t_edit=t_edit, t_boost=t_boost, strengths=list(strengths),
+                      batch_size=32, device=str(device))
     record = edit(ecfg, out / "edit", backbone=backbone, entries=test_entries,
                   directions=[Direction(block, str(direction_path), None, n_steps, t_edit, t_boost)],
                   progress=progress)
@@ -168,7 +167,8 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     at_one = [p["delta_h_ratio"] for p in per_strength if p["strength"] == 1.0]
     delta_ratio = at_one[0] if at_one else delta_h_ratio(unet, block, x_T, t_edit, n_steps, t_0=t_0)
     stage_done("measure")  # reader, S_dir and the ratios
-    # the ceiling: does h carry this attribute at all in this DDPM (no training involved)?
+    # the ceiling: does h carry this attribute at all in this DDPM (no training involved; always from the full
+    # inversion, t_0 = 999, so that it measures the DDPM and not the demo's settings)?
     swap = h_swap_transfer(unet, attribute, src_value, trg_value, images, seed=seed, t_edit=t_edit,
                              n_steps=n_steps, cache=cache, fingerprint=backbone.fingerprint)
     stage_done("h_swap")
@@ -179,7 +179,8 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
         "block": delta.kind, "strength": main["strength"], "edit_success": main["edit_success"],
         "preservation": main["preservation"], "s_dir": main["s_dir"], "valid": main["valid"],
         "linearity": linearity(per_strength),
-        "per_strength": per_strength, "n_train": n_train, "n_test": n_test, "t_0": t_0, "t_edit": t_edit, "t_boost": t_boost,
+        "per_strength": per_strength, "n_train": n_train, "n_test": n_test, "t_0": t_0, "t_edit": t_edit,
+        "t_boost": t_boost,
         "n_steps": n_steps, "seed": seed, "images": images, "optimizer": cfg.optimizer, "lr": cfg.lr,
         "l1_weight": l1_weight, "epochs": epochs, "max_delta_ratio": max_delta_ratio, "delta_h_ratio": delta_ratio,
         "h_swap": swap, "seconds": round(time.perf_counter() - started, 1), "stage_seconds": stage_seconds,
