@@ -9,7 +9,7 @@
 #      readiness for an edit in h (issue 19; no training) into readiness.json there, write MODEL_CARD.md;
 #   5. retrain the direction the app ships (asyrp demo with its defaults, seed 0) and copy its delta block.
 # Each run is seeded and resumes from its checkpoint.pt when rerun. Measured on the 2-core CPU: about 78 min for the
-# base DDPM, 20 min per fine-tune, 3.5 min for the CLIP, a few minutes for the rest.
+# base DDPM, 20-24 min per fine-tune, 2.5 min for the width-16 CLIP, a few minutes for the rest.
 set -euo pipefail
 
 RUNS="${RUNS:-runs}"
