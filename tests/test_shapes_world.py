@@ -313,6 +313,89 @@ def test_perturb_h_moves_h_by_the_given_share_only_where_the_decoder_reads_h_alo
     assert "give --h-only-from-t T as well" in capsys.readouterr().err
 
 
+def test_hue_rotation_turns_hue_and_keeps_gray_norm_and_channel_mean():
+    """hue_rotate: orthogonal per pixel, gray / white / black fixed, the channel mean kept, 120° maps R → G → B, one
+    angle per image."""
+    from asyrp.worlds.train_backbone import hue_rotate
+
+    x = torch.randn(2, 3, 4, 4)
+    y = hue_rotate(x, torch.tensor([0.7, 4.0]))
+    assert torch.allclose(y.norm(dim=1), x.norm(dim=1), atol=1e-5)
+    assert torch.allclose(y.mean(dim=1), x.mean(dim=1), atol=1e-6)
+    gray = torch.stack([torch.full((3, 1, 1), v) for v in (1.0, 0.0, -1.0)])  # white, gray, black
+    assert torch.allclose(hue_rotate(gray, torch.full((3,), 2.0)), gray, atol=1e-6)
+    rgb = torch.eye(3).view(3, 3, 1, 1)
+    turned = hue_rotate(rgb, torch.full((3,), 2 * math.pi / 3)).view(3, 3)
+    assert torch.allclose(turned, torch.eye(3)[[1, 2, 0]], atol=1e-6)
+    assert not torch.allclose(y[0], hue_rotate(x[:1], torch.tensor([4.0]))[0], atol=1e-3)
+
+
+def test_train_backbone_skip_hue_rotation(tmp_path, capsys):
+    """--x0-from-t T --skip-hue-rotation: step 0's logged loss is that of the decoder fed h of x_t and, at t ≥ T, the
+    skips of x_t hue-rotated by the step's random angles (x0-MSE weighted there); not the loss with plain skips; the
+    shipped model has x0_from_t and no rotation (inference sees plain skips); the option alone is refused by name."""
+    from asyrp.worlds import train_backbone as tb
+
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert cli_main(["train-backbone", "--out", str(base), "--steps", "2", *DDPM_TINY]) == 0
+    assert cli_main(["train-backbone", "--out", str(tuned), "--steps", "1", "--init-from", str(base / "ddpm.pt"),
+                     "--x0-from-t", "670", "--skip-hue-rotation", *DDPM_TINY]) == 0
+    shipped = torch.load(tuned / "ddpm.pt", weights_only=True)
+    assert shipped["config"]["x0_from_t"] == 670 and shipped["meta"]["skip_hue_rotation"] is True
+    model, _, t, eps, a, x_t = _first_step(base / "ddpm.pt", {"x0_from_t": 670})
+    assert bool((t >= 670).any()) and bool((t < 670).any())
+    g = torch.Generator().manual_seed(tb.stream_seed(0, 0))
+    torch.randint(0, 1000, (4,), generator=g), torch.randn(x_t.shape, generator=g)  # what the step drew before
+    with torch.no_grad():
+        h, skips, temb = model.encode(x_t, t)
+        rotated = tb.hue_blind_skips(model, x_t, t, skips, g)
+        w = tb.loss_weights(t, a, 670)
+        expected = float(((model.decode(h, rotated, temb, x_t, t) - eps).pow(2).mean(dim=(1, 2, 3)) * w).mean())
+        plain = float(((model.decode(h, skips, temb, x_t, t) - eps).pow(2).mean(dim=(1, 2, 3)) * w).mean())
+    logged = read_jsonl(tuned / "ddpm_train_log.jsonl")[0]["loss"]
+    assert abs(logged - expected) < 1e-3 * max(1.0, expected)
+    assert abs(logged - plain) > 1e-2 * expected
+    capsys.readouterr()
+    assert cli_main(["train-backbone", "--out", str(tmp_path / "bad"), "--steps", "1", "--skip-hue-rotation",
+                     *DDPM_TINY]) == 2
+    assert "give --x0-from-t T as well" in capsys.readouterr().err
+    assert cli_main(["train-backbone", "--out", str(tmp_path / "bad"), "--steps", "1", "--x0-from-t", "670",
+                     "--h-from-color-partner", *DDPM_TINY]) == 2
+    assert "give --skip-hue-rotation as well" in capsys.readouterr().err
+
+
+def test_train_backbone_h_from_color_partner(tmp_path):
+    """--h-from-color-partner: at t ≥ x0_from_t, h comes from a same-colour partner (shape, size, position and
+    background drawn afresh) and the skips from the image itself, hue-rotated; step 0's logged loss is that."""
+    from asyrp.worlds import train_backbone as tb
+
+    specs = shapes.sample_specs(64, 3)
+    partners = tb.color_partners(specs, 4)
+    assert [p.color for p in partners] == [s.color for s in specs]
+    assert sum(p.shape != s.shape for p, s in zip(partners, specs)) > 20
+    assert sum(p.background != s.background for p, s in zip(partners, specs)) > 20
+
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert cli_main(["train-backbone", "--out", str(base), "--steps", "2", *DDPM_TINY]) == 0
+    assert cli_main(["train-backbone", "--out", str(tuned), "--steps", "1", "--init-from", str(base / "ddpm.pt"),
+                     "--x0-from-t", "670", "--skip-hue-rotation", "--h-from-color-partner", *DDPM_TINY]) == 0
+    assert torch.load(tuned / "ddpm.pt", weights_only=True)["meta"]["h_from_color_partner"] is True
+    model, batch_specs, t, eps, a, x_t = _first_step(base / "ddpm.pt", {"x0_from_t": 670})
+    s_seed = tb.stream_seed(0, 0)
+    g = torch.Generator().manual_seed(s_seed)
+    torch.randint(0, 1000, (4,), generator=g), torch.randn(x_t.shape, generator=g)
+    high = t >= 670
+    mates = tb.color_partners(batch_specs, s_seed + 1)
+    x_h = a.sqrt() * shapes.make_batch(mates, 16) + (1 - a).sqrt() * eps
+    with torch.no_grad():
+        h, skips, temb = model.encode(torch.where(high.view(-1, 1, 1, 1), x_h, x_t), t)
+        skips = tb.hue_blind_skips(model, x_t, t, skips, g)
+        w = tb.loss_weights(t, a, 670)
+        expected = float(((model.decode(h, skips, temb, x_t, t) - eps).pow(2).mean(dim=(1, 2, 3)) * w).mean())
+    logged = read_jsonl(tuned / "ddpm_train_log.jsonl")[0]["loss"]
+    assert abs(logged - expected) < 1e-3 * max(1.0, expected)
+
+
 def test_train_backbone_h_attribute_readout(tmp_path):
     """--h-attribute-weight W: a linear read-out of the four attributes from h trains with the DDPM; its loss is logged
     apart (the logged DDPM loss of step 1 is that of the same weights without it), it changes the update, it is not

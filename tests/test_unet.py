@@ -236,3 +236,33 @@ def test_h_only_from_t_makes_the_predicted_x0_a_function_of_h():
     for bad in (0, 1000, 2.5, True):
         with pytest.raises(ValueError, match="h_only_from_t must be an integer timestep"):
             DDPMUNet({**base, "h_only_from_t": bad})
+
+
+def test_x0_from_t_keeps_the_skips_and_predicts_x0():
+    """x0_from_t=500: the x0 head of h_only_from_t (ε derived from the decoder's x̂0 at t ≥ 500) with the skips kept, so
+    other skips change ε there; below 500 the plain ε-U-Net; the two keys together are refused by name."""
+    from asyrp import diffusion as D
+
+    base = dict(TINY_UNET)
+    torch.manual_seed(0)
+    net = DDPMUNet({**base, "x0_from_t": 500}).eval()
+    plain = DDPMUNet(base).eval()
+    plain.load_state_dict(net.state_dict())
+    size = base["image_size"]
+    x = torch.randn(2, 3, size, size)
+    t = torch.tensor([300.0, 700.0])
+    with torch.no_grad():
+        eps = net(x, t)
+        assert torch.equal(eps[0], plain(x, t)[0])
+        h, skips, temb = net.encode(x, t)
+        assert all(float(s.abs().min(dim=0).values.max()) > 0 for s in skips)
+        a = D.alpha_bar(D.alphas_cumprod(D.linear_betas()), 700)
+        x0_pred = (x[1:] - (1 - a).sqrt() * eps[1:]) / a.sqrt()
+        assert (x0_pred - net._up(h, skips, temb)[1:]).abs().max() < 1e-3
+        assert torch.allclose(plain(x, t)[1:], net._up(h, skips, temb)[1:], atol=1e-5)  # the same decoder output
+        other = net.encode(torch.randn_like(x), t)[1]
+        assert (net.decode(h, other, temb, x, t)[1] - eps[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="not both"):
+        DDPMUNet({**base, "x0_from_t": 500, "h_only_from_t": 500})
+    with pytest.raises(ValueError, match="x0_from_t must be an integer timestep"):
+        DDPMUNet({**base, "x0_from_t": 0})

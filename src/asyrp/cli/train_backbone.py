@@ -43,6 +43,17 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--h-only-from-t", type=int, default=None,
                    help="at t >= this timestep the decoder gets no skip connections and predicts x0 from h alone "
                         "(ε derived from it; x0-MSE loss there); default: off, the standard U-Net")
+    p.add_argument("--x0-from-t", type=int, default=None,
+                   help="at t >= this timestep the decoder predicts x0 (x0-MSE loss there) with its skips kept; "
+                        "give it with --skip-hue-rotation; default: off")
+    p.add_argument("--skip-hue-rotation", action="store_true",
+                   help="at t >= --x0-from-t the skips are computed from x_t with its colours rotated about the gray "
+                        "axis by a random angle per image (h from x_t itself), so the decoder takes the outline and "
+                        "the background from the skips and the object's hue from h alone")
+    p.add_argument("--h-from-color-partner", action="store_true",
+                   help="with --skip-hue-rotation: at t >= --x0-from-t, h is computed from another image of the same "
+                        "object colour (its shape, size, position and background drawn afresh) while the skips and "
+                        "the target are the image's own, so h can tell the decoder the colour and nothing else")
     p.add_argument("--init-from", default=None,
                    help="start from the weights of a ddpm.pt with the same network options (fine-tuning)")
     p.add_argument("--offset-noise", type=float, default=0.0,

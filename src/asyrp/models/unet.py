@@ -3,7 +3,7 @@
 The forward pass is split at the bottleneck so that Asyrp can reach h-space:
 
     encode(x, t)            -> (h, skips, temb)      h = output of mid.block_2, e.g. (B, 512, 8, 8) at 256²
-    decode(h, skips, temb)  -> ε                     (decode(h, skips, temb, x, t) for an ``h_only_from_t`` model)
+    decode(h, skips, temb)  -> ε                     (decode(h, skips, temb, x, t) where the head predicts x0)
     forward_edit(...)       -> (ε, ε̃, h, Δh)         one encoder pass, two decoder passes (h and c0·h + c1·Δh)
 
 Parameter names are exactly those of the original checkpoints (``conv_in``, ``temb.dense.0``, ``down.i.block.j``,
@@ -55,12 +55,18 @@ def unet_config(config: Mapping[str, Any]) -> dict:
     # Optional key ``h_only_from_t``: at t ≥ this timestep no encoder feature reaches the decoder and the decoder's
     # output is the predicted x0, so ε = (x_t − √ᾱ_t·x̂0(h)) / √(1 − ᾱ_t) (linear β schedule of asyrp.diffusion):
     # the predicted x0 — what Asyrp's asymmetric step edits — is a function of h alone there (blogpost.md §4).
-    if flat.get("h_only_from_t") is not None:
-        value = flat["h_only_from_t"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < diffusion.NUM_TIMESTEPS:
-            raise ValueError(f"h_only_from_t must be an integer timestep in [1, {diffusion.NUM_TIMESTEPS - 1}], "
-                             f"got {value!r}")
-        cfg["h_only_from_t"] = value
+    # Optional key ``x0_from_t``: the same x0 head at t ≥ this timestep, with the skips kept. A world trained with
+    # hue-rotated skips there (``asyrp train-backbone --skip-hue-rotation``) draws the outline from the skips and
+    # the object's colour from h alone (blogpost.md §4).
+    for key in ("h_only_from_t", "x0_from_t"):
+        if flat.get(key) is not None:
+            value = flat[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < diffusion.NUM_TIMESTEPS:
+                raise ValueError(f"{key} must be an integer timestep in [1, {diffusion.NUM_TIMESTEPS - 1}], "
+                                 f"got {value!r}")
+            cfg[key] = value
+    if "h_only_from_t" in cfg and "x0_from_t" in cfg:
+        raise ValueError("give h_only_from_t (skips cut) or x0_from_t (skips kept), not both")
     return cfg
 
 
@@ -213,7 +219,9 @@ class DDPMUNet(HSpaceUNet):
         self.mid.block_2 = ResnetBlock(block_in, block_in, self.temb_ch, dropout)
         self.h_channels, self.h_size = block_in, res
         self.h_only_from_t = cfg.get("h_only_from_t")
-        # ᾱ for the x0 head of an h_only_from_t model: a plain attribute, not a buffer, so state dicts stay unchanged
+        # where the decoder's output is x̂0 (h_only_from_t cuts the skips there too, x0_from_t keeps them)
+        self.x0_from_t = self.h_only_from_t if self.h_only_from_t is not None else cfg.get("x0_from_t")
+        # ᾱ for the x0 head: a plain attribute, not a buffer, so state dicts stay unchanged
         self._alphas_cumprod = diffusion.alphas_cumprod(diffusion.linear_betas())
         skip_res = cfg.get("skip_resolutions")
         # per decoder level (ascending): does it concatenate the encoder features of its resolution?
@@ -274,18 +282,18 @@ class DDPMUNet(HSpaceUNet):
                x: torch.Tensor | None = None, t: torch.Tensor | float | int | None = None) -> torch.Tensor:
         """Up path from the bottleneck h, consuming ``skips`` from the end (the list is not modified).
 
-        An ``h_only_from_t`` model also needs the input ``x`` and ``t`` of :meth:`encode`: at t ≥ h_only_from_t its
-        decoder predicts x0, turned into ε here."""
+        An ``h_only_from_t`` or ``x0_from_t`` model also needs the input ``x`` and ``t`` of :meth:`encode`: from that
+        timestep on its decoder predicts x0, turned into ε here."""
         out = self._up(h, skips, temb)
-        if self.h_only_from_t is None:
+        if self.x0_from_t is None:
             return out
         if x is None or t is None:
-            raise ValueError("this U-Net has h_only_from_t: call decode(h, skips, temb, x, t) with the input and "
-                             "timesteps given to encode")
+            raise ValueError("this U-Net predicts x0 at high t (h_only_from_t / x0_from_t): call decode(h, skips, "
+                             "temb, x, t) with the input and timesteps given to encode")
         t = per_sample_timesteps(t, x.shape[0], x.device)
         a = self._alphas_cumprod.to(x.device)[t.long().clamp(0, diffusion.NUM_TIMESTEPS - 1)].view(-1, 1, 1, 1)
         eps_from_x0 = (x.float() - a.sqrt() * out.float()) / (1 - a).sqrt()
-        return torch.where((t >= self.h_only_from_t).view(-1, 1, 1, 1), eps_from_x0.to(out.dtype), out)
+        return torch.where((t >= self.x0_from_t).view(-1, 1, 1, 1), eps_from_x0.to(out.dtype), out)
 
     def _up(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
         k = len(skips)

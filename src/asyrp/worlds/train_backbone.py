@@ -17,6 +17,7 @@ Outputs in ``--out``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -127,6 +128,8 @@ def model_config(args) -> dict:
         config["skip_resolutions"] = _ints(args.skip_resolutions)
     if args.h_only_from_t is not None:
         config["h_only_from_t"] = args.h_only_from_t
+    if args.x0_from_t is not None:
+        config["x0_from_t"] = args.x0_from_t
     return config
 
 
@@ -137,6 +140,36 @@ def loss_weights(t: torch.Tensor, a: torch.Tensor, h_only_from_t: int | None) ->
     if h_only_from_t is None:
         return w
     return torch.where(t >= h_only_from_t, ((1 - a) / a).view(-1).float(), w)
+
+
+def hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate every pixel's RGB vector (images in [−1, 1]) about the gray axis (1, 1, 1)/√3 by ``angle`` (radians, one
+    per image). Gray, white and black stay where they are and so does each colour's mean over channels; the hue turns.
+    The map is orthogonal, so the rotated x_t of a noisy image is a noisy image of the rotated x0 with the same noise
+    law (``--skip-hue-rotation``)."""
+    k = torch.full((3,), 1 / math.sqrt(3), dtype=x.dtype, device=x.device)
+    cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], dtype=x.dtype, device=x.device)
+    cross = cross / math.sqrt(3)  # the matrix of v ↦ k × v
+    c, s = angle.cos().view(-1, 1, 1).to(x.dtype), angle.sin().view(-1, 1, 1).to(x.dtype)
+    rot = c * torch.eye(3, dtype=x.dtype, device=x.device) + s * cross + (1 - c) * torch.outer(k, k)
+    return torch.einsum("bij,bjhw->bihw", rot, x)
+
+
+def hue_blind_skips(model, x_t: torch.Tensor, t: torch.Tensor, skips: list[torch.Tensor],
+                    generator: torch.Generator) -> list[torch.Tensor]:
+    """The skips of ``model.encode`` on x_t hue-rotated by a random angle per image where t ≥ ``model.x0_from_t``, the
+    given ``skips`` elsewhere: the decoder cannot read the object's hue from its skips there, so it must take it from
+    h, while outline, size and background (unchanged by the rotation) stay readable in the skips."""
+    angle = torch.rand(x_t.shape[0], generator=generator).to(x_t.device) * (2 * math.pi)
+    _, rotated, _ = model.encode(hue_rotate(x_t, angle), t)
+    high = (t >= model.x0_from_t).view(-1, 1, 1, 1)
+    return [torch.where(high, r, s) for r, s in zip(rotated, skips)]
+
+
+def color_partners(specs, seed: int) -> list:
+    """For each spec, another of the same object colour with shape, size, position and background drawn afresh from
+    ``seed`` (``--h-from-color-partner``)."""
+    return [dataclasses.replace(p, color=s.color) for s, p in zip(specs, shapes.sample_specs(len(specs), seed))]
 
 
 def perturb_h(h: torch.Tensor, t: torch.Tensor, h_only_from_t: int, scale: float,
@@ -179,13 +212,14 @@ class AttributeReadout(torch.nn.Module):
 
 
 def load_init_weights(model, path: str, config: dict) -> dict:
-    """Start from a shipped ddpm.pt (fine-tuning); its config must equal ours apart from ``h_only_from_t``."""
+    """Start from a shipped ddpm.pt (fine-tuning); its config must equal ours apart from the x0 head's keys."""
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    theirs = {k: v for k, v in obj["config"].items() if k != "h_only_from_t"}
-    ours = {k: v for k, v in config.items() if k != "h_only_from_t"}
+    head_keys = ("h_only_from_t", "x0_from_t")
+    theirs = {k: v for k, v in obj["config"].items() if k not in head_keys}
+    ours = {k: v for k, v in config.items() if k not in head_keys}
     if theirs != ours:
         raise ValueError(f"--init-from {path} has config {obj['config']}, which differs from {config} in more than "
-                         "h_only_from_t; pass the same network options")
+                         "h_only_from_t / x0_from_t; pass the same network options")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()})
     return {"path": str(path), "steps": obj.get("meta", {}).get("steps")}
 
@@ -285,6 +319,12 @@ def train(args: argparse.Namespace) -> int:
     writes OUT/ddpm.pt and its log. Returns 0 (an exit status: the CLI returns it)."""
     if args.h_noise and args.h_only_from_t is None:
         raise UserError("--h-noise perturbs h where the decoder reads it alone: give --h-only-from-t T as well")
+    if args.skip_hue_rotation and args.x0_from_t is None:
+        raise UserError("--skip-hue-rotation rotates the skips where the decoder predicts x0: give --x0-from-t T "
+                        "as well")
+    if args.h_from_color_partner and not args.skip_hue_rotation:
+        raise UserError("--h-from-color-partner leaves the colour to h only if the skips cannot show it: give "
+                        "--skip-hue-rotation as well")
     device, out, ckpt_path, log_path = open_run(args, "ddpm_train_log.jsonl")
 
     config = model_config(args)
@@ -339,16 +379,25 @@ def train(args: argparse.Namespace) -> int:
         lr = lr_at(step, args)
         for group in opt.param_groups:
             group["lr"] = lr
-        h, skips, temb = model.encode(x_t, t)
+        h_specs = specs
+        if args.h_from_color_partner:  # h of a same-colour partner where t ≥ x0_from_t, of the image itself below
+            high = t >= model.x0_from_t
+            h_specs = [q if hi else p for p, q, hi in zip(specs, color_partners(specs, s_seed + 1), high.tolist())]
+            x_h = a.sqrt() * shapes.make_batch(h_specs, args.image_size).to(device) + (1 - a).sqrt() * eps
+            h, skips, temb = model.encode(torch.where(high.view(-1, 1, 1, 1), x_h, x_t), t)
+        else:
+            h, skips, temb = model.encode(x_t, t)
         h_in = perturb_h(h, t, args.h_only_from_t, args.h_noise, g) if args.h_noise else h
+        if args.skip_hue_rotation:
+            skips = hue_blind_skips(model, x_t, t, skips, g)
         sq_err = (model.decode(h_in, skips, temb, x_t, t) - eps).pow(2)
         if args.object_weight:
             sq_err = sq_err * pixel_weights(specs, args.object_weight, args.image_size).to(device)
         per_sample = sq_err.mean(dim=(1, 2, 3))
-        ddpm_loss = (per_sample * loss_weights(t, a, args.h_only_from_t)).mean()
+        ddpm_loss = (per_sample * loss_weights(t, a, model.x0_from_t)).mean()
         loss = ddpm_loss
         if readout is not None:
-            aux = readout.loss(h, specs)
+            aux = readout.loss(h, h_specs)
             aux_losses.append(float(aux.detach()))
             loss = ddpm_loss + args.h_attribute_weight * aux
         opt.zero_grad(set_to_none=True)
@@ -388,6 +437,8 @@ def train(args: argparse.Namespace) -> int:
             "offset_noise": args.offset_noise, "antisym_init": args.antisym_init, "threads": args.threads,
             "h_only_from_t": args.h_only_from_t, "init_from": init_from, "object_weight": args.object_weight,
             "h_attribute_weight": args.h_attribute_weight, "h_noise": args.h_noise,
+            "x0_from_t": args.x0_from_t,
+            "skip_hue_rotation": args.skip_hue_rotation, "h_from_color_partner": args.h_from_color_partner,
             "data": "asyrp.worlds.shapes.random_batch(batch, stream_seed(seed, step)), 32x32"}
     obj = export(ema, config, meta, out / "ddpm.pt", fp16=not args.fp32)
     shipped = shapes.ddpm_from_checkpoint(obj, device)
