@@ -233,3 +233,16 @@ def test_demo_max_delta_ratio_bounds_the_learnt_edit(tmp_path, capsys):
     assert rows[1.0]["max"] == pytest.approx(0.05, abs=1e-4)  # the default lr 1e-2 pushes Δh to the bound
     assert load_delta_block(out / "train" / "delta.pt").config.max_ratio == 0.05
     assert "conv delta block (‖Δh‖ ≤ 0.05·‖h‖)" in capsys.readouterr().out
+
+
+def test_card_names_the_hue_blind_skip_options():
+    """A DDPM trained with --x0-from-t, --skip-hue-rotation and --h-from-color-partner gets one card line naming each
+    option and what it does; the shipped h-only options keep their own line."""
+    lines = card._finetune_lines({"x0_from_t": 300, "skip_hue_rotation": True, "h_from_color_partner": True,
+                                  "object_weight": 4.0, "h_attribute_weight": 0.3})
+    assert len(lines) == 1
+    for text in ("At t ≥ 300 the decoder predicts x0 (`--x0-from-t`", "`--skip-hue-rotation`",
+                 "`--h-from-color-partner`", "weighted 1 + 4 in the loss", "with weight 0.3"):
+        assert text in lines[0], text
+    assert "its skips kept" in card._finetune_lines({"x0_from_t": 300})[0]
+    assert card._finetune_lines({"h_only_from_t": 300})[0].startswith("- At t ≥ 300 the decoder predicts from h alone")
