@@ -77,28 +77,26 @@ def _finetune_lines(dm: dict) -> list[str]:
     if dm.get("init_from"):
         lines.append(f"- Fine-tuned from `{Path(dm['init_from']['path']).name}` of a {dm['init_from']['steps']}-step "
                      "run (see the reproduce line); the training time and loss below are the fine-tune's.")
+    # what both x0-head variants train with: the object weight and the read-out of the attributes from h
+    weighting = (f"the object's pixels weighted 1 + {dm.get('object_weight', 0.0):g} in the loss (`--object-weight`); "
+                 f"a linear read-out of the attributes from h trained beside it with weight "
+                 f"{dm.get('h_attribute_weight', 0.0)} (not shipped)")
     if dm.get("h_only_from_t") is not None:
         lines.append(f"- At t ≥ {dm['h_only_from_t']} the decoder predicts from h alone (the skips are cut, "
-                     f"`--h-only-from-t`, where the loss is the x0 error); the object's pixels weighted 1 + "
-                     f"{dm.get('object_weight', 0.0):g} in the loss (`--object-weight`); a linear "
-                     f"read-out of the attributes from h trained beside it with weight "
-                     f"{dm.get('h_attribute_weight', 0.0)} (not shipped)"
+                     f"`--h-only-from-t`, where the loss is the x0 error); {weighting}"
                      + (f"; decoded from h moved by {dm['h_noise']:g}·‖h‖ in a random direction (`--h-noise`)"
                         if dm.get("h_noise") else "") + ".")
     if dm.get("x0_from_t") is not None:
-        rotated = ("computed, during training, from x_t with its colours turned about the gray axis by a random angle "
-                   "per image (`--skip-hue-rotation`), so the decoder takes the outline, size and background from the "
-                   "skips and the object's colour from h; at inference the skips see x_t itself"
-                   if dm.get("skip_hue_rotation") else "kept")
+        skips = ("computed, during training, from x_t with its colours turned about the gray axis by a random angle "
+                 "per image (`--skip-hue-rotation`), so the decoder takes the outline, size and background from the "
+                 "skips and the object's colour from h; at inference the skips see x_t itself"
+                 if dm.get("skip_hue_rotation") else "kept")
         if dm.get("h_from_color_partner"):
-            rotated += (", and h computed from another image of the same colour (other shape, size, position and "
-                        "background; `--h-from-color-partner`), so that h tells the decoder the colour and nothing "
-                        "else")
+            skips += (", and h computed from another image of the same colour (other shape, size, position and "
+                      "background; `--h-from-color-partner`), so that h tells the decoder the colour and nothing "
+                      "else")
         lines.append(f"- At t ≥ {dm['x0_from_t']} the decoder predicts x0 (`--x0-from-t`, where the loss is the x0 "
-                     f"error) with its skips {rotated}; the object's pixels weighted 1 + "
-                     f"{dm.get('object_weight', 0.0):g} in the loss (`--object-weight`); a linear read-out of the "
-                     f"attributes from h trained beside it with weight {dm.get('h_attribute_weight', 0.0)} (not "
-                     "shipped).")
+                     f"error) with its skips {skips}; {weighting}.")
     return lines
 
 

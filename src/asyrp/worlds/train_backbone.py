@@ -133,13 +133,14 @@ def model_config(args) -> dict:
     return config
 
 
-def loss_weights(t: torch.Tensor, a: torch.Tensor, h_only_from_t: int | None) -> torch.Tensor:
-    """Per-sample weights of the ε-MSE: 1, except (1 − ᾱ)/ᾱ at t ≥ ``h_only_from_t``, which turns the ε error of an
-    x0 head into the x0 error ‖x̂0 − x0‖² (the ε weighting ᾱ/(1 − ᾱ) of x0 errors is 4e-5 at t = 999)."""
+def loss_weights(t: torch.Tensor, a: torch.Tensor, x0_from_t: int | None) -> torch.Tensor:
+    """Per-sample weights of the ε-MSE: 1, except (1 − ᾱ)/ᾱ at t ≥ ``x0_from_t`` (the model's ``x0_from_t``: where
+    its head predicts x0, with ``h_only_from_t`` or ``x0_from_t``), which turns the ε error of an x0 head into the x0
+    error ‖x̂0 − x0‖² (the ε weighting ᾱ/(1 − ᾱ) of x0 errors is 4e-5 at t = 999)."""
     w = torch.ones_like(t, dtype=torch.float32)
-    if h_only_from_t is None:
+    if x0_from_t is None:
         return w
-    return torch.where(t >= h_only_from_t, ((1 - a) / a).view(-1).float(), w)
+    return torch.where(t >= x0_from_t, ((1 - a) / a).view(-1).float(), w)
 
 
 def hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
