@@ -146,6 +146,35 @@ def test_several_directions_are_coefficients_of_strength_one(editor, red_circle)
     assert settings_for(again, [editor.directions[SHIPPED]] * 2)[0]["weights"] == [1.0 / 2 ** 0.5, -0.5 / 2 ** 0.5]
 
 
+def test_a_direction_trained_from_t_0_600_is_edited_from_an_inversion_to_600(editor, red_circle, tmp_path):
+    """The app inverts to the t_0 a direction was trained with, keeps that inversion apart in its cache, and
+    records the t_0 in the settings `asyrp edit` reruns; a sampled picture's own noise (its x_999) is not used."""
+    from asyrp import sampling
+    from asyrp.models.delta import load_delta_block
+    block, meta = load_delta_block(editor.directions[SHIPPED].path, return_meta=True)
+    path = save_delta_block(block, tmp_path / "t600.pt", **{**meta, "t_0": 600, "t_edit": 200})
+    label = editor.add_direction(str(path), label="t600")
+    picture = editor.load_image(red_circle)
+    editor.edit(picture, [(SHIPPED, 1.0)])  # the t_0 = 999 inversion is cached
+    calls = UNetCalls(editor.unet)
+    try:
+        result = editor.edit(picture, [(label, 1.0)])
+        assert calls.take() == (STEPS - 1) + STEPS + STEPS  # a second inversion, to 600, and its reconstruction
+        editor.edit(picture, [(label, 0.5)])
+        assert calls.take() == STEPS
+    finally:
+        calls.handle.remove()
+    assert (result.config.t_0, result.config.t_edit) == (600, 200)
+    expected = sampling.invert(editor.unet, picture.x0[None], editor.alphas, STEPS, 600)
+    assert torch.equal(editor.invert(picture, 600), expected)
+    assert torch.equal(result.reconstruction, sampling.generate(editor.unet, expected, editor.alphas, STEPS, 600,
+                                                                noise_generators=None)[0])
+    sampled = editor.sample_image(seed=1, index=0)
+    assert torch.equal(editor.invert(sampled, 600),
+                       sampling.invert(editor.unet, sampled.x0[None], editor.alphas, STEPS, 600))
+    del editor.directions[label], editor.texts[label]
+
+
 def test_examples_are_shapes_world_images(editor, tmp_path):
     paths = write_examples(tmp_path)
     for name, attributes in EXAMPLES.items():

@@ -16,7 +16,7 @@ from asyrp.cli import UserError
 from asyrp.clip_loss import CLIPDirection
 from asyrp.pipeline import edit as edit_module
 from asyrp.pipeline.edit import EditConfig, edit
-from asyrp.models.delta import build_delta_block
+from asyrp.models.delta import build_delta_block, save_delta_block
 from asyrp.models.unet import DDPMUNet
 from asyrp.pipeline.run_record import resolve_training
 from asyrp.pipeline.train import TrainConfig, train
@@ -150,3 +150,44 @@ def test_no_lpips_table_to_derive_t_edit_from_is_a_one_line_error(tmp_path):
         edit(cfg, tmp_path / "out", backbone=bb, entries=_entries(), progress=False)
     assert str(e.value) == (f"{path}: no t_edit in the checkpoint or the attribute table, and backbone 'tiny' has no "
                             "LPIPS table to derive it from; give --t-edit")
+
+
+def _tiny_direction(tmp_path, bb, name: str, **meta):
+    block = build_delta_block(channels=bb.unet.h_channels, temb_channels=bb.unet.temb_ch,
+                              spatial_size=bb.unet.h_size)
+    return str(save_delta_block(block, tmp_path / name, attribute="blue", n_train_step=4, t_edit=200, **meta))
+
+
+def test_an_edit_inverts_to_the_t_0_its_direction_was_trained_with(tmp_path, monkeypatch):
+    """A block learnt Δh for the x_t of its own inversion: `asyrp edit` inverts to the checkpoint's t_0 (not 999),
+    generates from it and records where it came from; a checkpoint without t_0 gets the original's 999."""
+    bb = tiny_backbone()
+    seen = []
+    monkeypatch.setattr(edit_module, "load_entries", lambda *a, **k: seen.append(a[7]) or _entries())
+    cfg = EditConfig(directions=[_tiny_direction(tmp_path, bb, "d600.pt", t_0=600)], n_test_step=4, n_images=1,
+                     device="cpu")
+    record = edit(cfg, tmp_path / "out", backbone=bb, progress=False)
+    assert (record["t_0"], record["t_0_source"], record["t_edit"]) == (600, "checkpoint", 200)
+    assert (seen[0].t_0, record["directions"][0]["t_0"]) == (600, 600)
+    assert json.loads((tmp_path / "out" / "edit.json").read_text())["t_0"] == 600
+    legacy = EditConfig(directions=[_tiny_direction(tmp_path, bb, "old.pt")], n_test_step=4, n_images=1, device="cpu")
+    record = edit(legacy, tmp_path / "out_old", backbone=bb, progress=False)
+    assert (record["t_0"], record["t_0_source"]) == (999, "999: not in the checkpoint (the original's)")
+    assert seen[1].t_0 == 999
+    cfg.t_0 = 700  # the flag wins
+    record = edit(cfg, tmp_path / "out_flag", backbone=bb, progress=False)
+    assert (record["t_0"], record["t_0_source"], seen[2].t_0) == (700, "flag/config", 700)
+
+
+def test_directions_of_different_t_0_or_a_t_edit_above_t_0_are_one_line_errors(tmp_path):
+    bb = tiny_backbone()
+    paths = [_tiny_direction(tmp_path, bb, "a.pt", t_0=600), _tiny_direction(tmp_path, bb, "b.pt")]
+    cfg = EditConfig(directions=paths, n_test_step=4, n_images=1, device="cpu")
+    with pytest.raises(UserError) as e:
+        edit(cfg, tmp_path / "out", backbone=bb, entries=_entries(), progress=False)
+    assert str(e.value) == "the directions were trained with different t_0 (a.pt: 600, b.pt: 999); give --t-0"
+    cfg = EditConfig(directions=paths[:1], n_test_step=4, n_images=1, device="cpu", t_0=150)
+    with pytest.raises(UserError) as e:
+        edit(cfg, tmp_path / "out", backbone=bb, entries=_entries(), progress=False)
+    assert str(e.value) == ("t_edit 200 must lie below t_0 150 (t_edit from checkpoint (as trained), "
+                            "t_0 from flag/config); give --t-edit or --t-0")

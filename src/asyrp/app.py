@@ -155,19 +155,21 @@ class Editor:
         self.pictures[picture.key] = picture
         return picture
 
-    def invert(self, picture: Picture) -> torch.Tensor:
-        """x_T of the picture: DDIM inversion once per (pixels, backbone, steps), then from the cache."""
-        if picture.x_T is not None:
+    def invert(self, picture: Picture, t_0: int = D.T_0) -> torch.Tensor:
+        """x_{t_0} of the picture: DDIM inversion once per (pixels, backbone, steps, t_0), then from the cache. A
+        sampled picture's own noise is its x_999; for another t_0 its pixels are inverted like an upload's."""
+        if picture.x_T is not None and t_0 == D.T_0:
             return picture.x_T.to(self.device)
-        return self._cached(("inversion", picture.key, self.backbone.fingerprint, self.n_steps),
+        return self._cached(("inversion", picture.key, self.backbone.fingerprint, self.n_steps, t_0),
                             lambda: sampling.invert(self.unet, picture.x0[None].to(self.device), self.alphas,
-                                                    self.n_steps, progress=self.progress))
+                                                    self.n_steps, t_0, progress=self.progress))
 
-    def reconstruct(self, picture: Picture, t_boost: int | None, seed: int = 0) -> torch.Tensor:
-        """The reverse process from x_T without Δh (what strength 0 gives), with the edit's boost; cached."""
-        return self._cached(("reconstruction", picture.key, self.backbone.fingerprint, self.n_steps, t_boost, seed),
-                            lambda: sampling.generate(self.unet, self.invert(picture), self.alphas, self.n_steps,
-                                                      t_boost=t_boost, progress=self.progress,
+    def reconstruct(self, picture: Picture, t_boost: int | None, seed: int = 0, t_0: int = D.T_0) -> torch.Tensor:
+        """The reverse process from x_{t_0} without Δh (what strength 0 gives), with the edit's boost; cached."""
+        return self._cached(("reconstruction", picture.key, self.backbone.fingerprint, self.n_steps, t_0, t_boost,
+                             seed),
+                            lambda: sampling.generate(self.unet, self.invert(picture, t_0), self.alphas, self.n_steps,
+                                                      t_0, t_boost=t_boost, progress=self.progress,
                                                       noise_generators=sampling.image_generators(seed, [0])))
 
     def _cached(self, key: tuple, compute) -> torch.Tensor:
@@ -200,11 +202,12 @@ class Editor:
         """(edited, reconstruction, config): the reverse process from the cached x_T with and without Δh."""
         cfg = self.config(picture, choices)
         directions = [self.directions[label] for label, _ in choices]
-        t_edit, t_boost = edit_times(cfg, directions, self.backbone, self.weights_dir, self.device)
-        cfg.t_edit, cfg.t_boost = t_edit, t_boost
+        t_0, t_edit, t_boost = edit_times(cfg, directions, self.backbone, self.weights_dir, self.device)
+        cfg.t_0, cfg.t_edit, cfg.t_boost = t_0, t_edit, t_boost
         weights = settings_for(cfg, directions)[0]["weights"]
-        recon = self.reconstruct(picture, t_boost, cfg.seed)
-        edited = sampling.generate(self.unet, self.invert(picture), self.alphas, self.n_steps, t_boost=t_boost,
+        recon = self.reconstruct(picture, t_boost, cfg.seed, t_0)
+        edited = sampling.generate(self.unet, self.invert(picture, t_0), self.alphas, self.n_steps, t_0,
+                                   t_boost=t_boost,
                                    delta=sampling.DeltaSum([d.block for d in directions], weights), t_edit=t_edit,
                                    c0=cfg.c0, noise_generators=sampling.image_generators(cfg.seed, [0]),
                                    progress=self.progress)

@@ -62,6 +62,8 @@ def alpha_bar(alphas: torch.Tensor, t: torch.Tensor | int | Sequence[int]) -> to
 # Timestep grids
 # --------------------------------------------------------------------------------------------------
 
+T_0 = 999  # the original's t_0: invert to (and edit from) the last timestep
+
 def _float_grid(n_steps: int, t_0: int) -> np.ndarray:
     if n_steps < 2:
         raise ValueError(f"a timestep grid needs at least 2 steps, got n_steps={n_steps}")

@@ -17,7 +17,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, help="one edit strength (default 1)")
     p.add_argument("--config", help="YAML of EditConfig fields")
     p.add_argument("--weights-dir", help="folder holding downloaded weights (offline machines)")
-    C.add_arguments(p, EditConfig, skip=("directions",))
+    C.add_arguments(p, EditConfig, skip=("directions",),
+                    help={"t_0": "invert to t_0 and edit from it (default: the t_0 the directions were trained "
+                                 "with; 999, the original's, where a checkpoint does not say)"})
 
 
 def main(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from asyrp.clip_loss import CLIPDirection
 from asyrp.io.files import atomic_json, default_device
 from asyrp.models.checkpoint import CheckpointError
 from asyrp.models.delta import DeltaBlockConfig, load_delta_block
-from asyrp.pipeline.run_record import read_direction, resolve_edit_times
+from asyrp.pipeline.run_record import read_direction, resolve_edit_times, resolve_t_0
 from asyrp.plots import folder_label, save_png, save_rows
 from asyrp.io.weights import MissingWeightsError, resolve_direction
 from asyrp.backbones import load_clip_model
@@ -55,7 +55,7 @@ class EditConfig:
     image_start: int = 0
     sample_seed: int = 0
     cache_dir: str | None = None
-    t_0: int = 999
+    t_0: int | None = None                           # None: the t_0 the directions were trained with (else 999)
     n_inv_step: int = 40
     n_test_step: int = 40
     n_train_step: int | None = None                  # None: from each direction's checkpoint (or file name)
@@ -87,6 +87,8 @@ class Direction:
     t_boost_source: str = ""
     src: str | None = None    # the texts of the direction (checkpoint or attribute table): an automatic t_edit
     trg: str | None = None    # needs their CLIP cosine
+    t_0: int = D.T_0          # the t_0 it was trained with (checkpoint; 999 where it does not say)
+    t_0_source: str = ""
 
 
 def parse_delta_config(text: str | None) -> DeltaBlockConfig | None:
@@ -118,16 +120,23 @@ def load_direction(spec: str, backbone, cfg: EditConfig, weights_dir: str | None
 
 def choose_timesteps(cfg: EditConfig, directions: list[Direction], backbone, weights_dir: str | None = None,
                      device=None) -> dict:
-    """t_edit, t_boost and where each came from, as the original chooses them.
+    """t_0, t_edit, t_boost and where each came from, as the original chooses them.
 
-    t_edit: --t-edit, else the largest of the directions' (checkpoint or attribute table; a direction with neither —
-    the released makeup and zombie — gets the LPIPS(P_t, x0) table of the backbone's domain at lpips_edit_th × the CLIP
-    cosine of its texts). Several directions: the largest t_edit, as the original takes the attribute with the largest
-    text cosine. t_boost: --t-boost, else the first direction's, else the backbone's LPIPS table (off, with the reason,
-    for a backbone without one, and with --no-boost).
+    t_0: --t-0, else the t_0 the directions were trained with (an error where they differ). t_edit: --t-edit, else
+    the largest of the directions' (checkpoint or attribute table; a direction with neither — the released makeup and
+    zombie — gets the LPIPS(P_t, x0) table of the backbone's domain at lpips_edit_th × the CLIP cosine of its texts).
+    Several directions: the largest t_edit, as the original takes the attribute with the largest text cosine.
+    t_boost: --t-boost, else the first direction's, else the backbone's LPIPS table (off, with the reason, for a
+    backbone without one, and with --no-boost).
     """
-    return resolve_edit_times(cfg, directions, [d.path for d in directions], backbone,
-                              lambda i: _text_cosine(directions[i], backbone, weights_dir, device))
+    paths = [d.path for d in directions]
+    t_0, t_0_source = resolve_t_0(cfg, directions, paths)
+    times = resolve_edit_times(cfg, directions, paths, backbone,
+                               lambda i: _text_cosine(directions[i], backbone, weights_dir, device))
+    if not times["t_edit"] < t_0:
+        raise UserError(f"t_edit {times['t_edit']} must lie below t_0 {t_0} (t_edit from {times['t_edit_source']}, "
+                        f"t_0 from {t_0_source}); give --t-edit or --t-0")
+    return {"t_0": t_0, "t_0_source": t_0_source, **times}
 
 
 def _text_cosine(direction: Direction, backbone, weights_dir: str | None, device) -> float:
@@ -167,11 +176,11 @@ def settings_for(cfg: EditConfig, directions: list[Direction]) -> list[dict]:
 
 
 def edit_times(cfg: EditConfig, directions: list[Direction], backbone, weights_dir: str | None = None,
-               device=None) -> tuple[int, int | None]:
-    """(t_edit, t_boost) of an edit: :func:`choose_timesteps` without the sources (t_boost None when boosting is
-    off)."""
+               device=None) -> tuple[int, int, int | None]:
+    """(t_0, t_edit, t_boost) of an edit: :func:`choose_timesteps` without the sources (t_boost None when boosting
+    is off)."""
     times = choose_timesteps(cfg, directions, backbone, weights_dir, device)
-    return times["t_edit"], times["t_boost"]
+    return times["t_0"], times["t_edit"], times["t_boost"]
 
 
 def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict] | None = None,
@@ -189,12 +198,12 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
             raise UserError("give at least one direction (--direction runs/smiling/delta.pt)")
         directions = [load_direction(d, backbone, cfg, weights_dir) for d in cfg.directions]
     timesteps = choose_timesteps(cfg, directions, backbone, weights_dir, device)
-    t_edit, t_boost = timesteps["t_edit"], timesteps["t_boost"]
+    t_0, t_edit, t_boost = timesteps["t_0"], timesteps["t_edit"], timesteps["t_boost"]
     settings = settings_for(cfg, directions)
     record = {"config": C.to_dict(cfg), **timesteps,
               "backbone_sha256": backbone.fingerprint,
               "directions": [{"path": d.path, "attribute": d.attribute, "n_train_step": d.n_train_step,
-                              "t_edit": d.t_edit, "t_edit_source": d.t_edit_source,
+                              "t_0": d.t_0, "t_edit": d.t_edit, "t_edit_source": d.t_edit_source,
                               "config": d.block.config.to_dict()} for d in directions],
               "settings": settings}
     if is_main:
@@ -207,7 +216,7 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
             raise UserError(f"output folder {out_dir} is not empty and holds no asyrp edit run; choose a new --out")
     if entries is None:
         entries = load_entries(backbone, cfg.data, cfg.n_images, cfg.cache_dir, cfg.split, cfg.image_start,
-                               cfg.sample_seed, InversionSettings(cfg.n_inv_step, cfg.t_0), cfg.batch_size, device,
+                               cfg.sample_seed, InversionSettings(cfg.n_inv_step, t_0), cfg.batch_size, device,
                                progress and is_main, distributed=distributed)
     order = list(range(len(entries)))
     mine = distributed.shard(order) if distributed is not None else order
@@ -223,13 +232,13 @@ def edit(cfg: EditConfig, out_dir: str | Path, backbone=None, entries: list[dict
         results = {}
         with amp:
             results["reconstructed"] = sampling.generate(
-                unet, x_T, alphas, cfg.n_test_step, cfg.t_0,
+                unet, x_T, alphas, cfg.n_test_step, t_0,
                 t_boost=t_boost if cfg.boost_reconstruction else None,
                 noise_generators=sampling.image_generators(cfg.seed, idx))
             for s in settings:
                 delta = sampling.DeltaSum(blocks, s["weights"])
                 results[s["folder"]] = sampling.generate(
-                    unet, x_T, alphas, cfg.n_test_step, cfg.t_0, delta=delta, t_edit=t_edit, c0=cfg.c0,
+                    unet, x_T, alphas, cfg.n_test_step, t_0, delta=delta, t_edit=t_edit, c0=cfg.c0,
                     t_boost=t_boost, noise_generators=sampling.image_generators(cfg.seed, idx))
         for j, i in enumerate(idx):
             save_png(out_dir / "original" / f"{names[j]}.png", entries[i]["x0"])

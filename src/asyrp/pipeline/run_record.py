@@ -163,6 +163,8 @@ class DirectionRecord:
     t_boost_source: str = ""
     src: str | None = None    # the texts of the direction: an automatic t_edit needs their CLIP cosine
     trg: str | None = None
+    t_0: int = D.T_0          # where its training inverted to: an edit inverts to the same t_0
+    t_0_source: str = ""
 
 
 def official_name(path: Path) -> tuple[str | None, int | None]:
@@ -191,9 +193,25 @@ def read_direction(meta: dict, path: str | Path, n_train_step: int | None = None
         raise UserError(f"{path}: the checkpoint does not say how many training steps it used; give --n-train-step")
     t_edit, t_edit_source = _stored(meta, entry, "t_edit")
     t_boost, t_boost_source = _stored(meta, entry, "t_boost")
+    t_0, t_0_source = (int(meta["t_0"]), "checkpoint") if meta.get("t_0") is not None else \
+        (D.T_0, f"{D.T_0}: not in the checkpoint (the original's)")
     return DirectionRecord(attr, int(n_train), t_edit, t_boost, t_edit_source, t_boost_source,
                            meta.get("src") or (entry.src if entry else None),
-                           meta.get("trg") or (entry.trg if entry else None))
+                           meta.get("trg") or (entry.trg if entry else None), t_0, t_0_source)
+
+
+def resolve_t_0(cfg, records: list, paths: list[str]) -> tuple[int, str]:
+    """(t_0, source) of an edit: --t-0, else the t_0 its directions were trained with (they must agree: a block
+    learnt Δh for the x_t of its own inversion, and an edit from another t_0 hands it other x_t)."""
+    if cfg.t_0 is not None:
+        return int(cfg.t_0), "flag/config"
+    trained = sorted({d.t_0 for d in records})
+    if len(trained) > 1:
+        named = ", ".join(f"{Path(p).name}: {d.t_0}" for d, p in zip(records, paths))
+        raise UserError(f"the directions were trained with different t_0 ({named}); give --t-0")
+    if not records:
+        return D.T_0, "default"
+    return trained[0], records[0].t_0_source if len(records) == 1 else "checkpoints"
 
 
 def resolve_edit_times(cfg, records: list, paths: list[str], backbone,
