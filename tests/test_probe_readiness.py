@@ -217,6 +217,27 @@ def test_h_swap_reads_others_kept_and_the_readiness_probe_on_tiny_numbers(unet):
     assert r["verdict"] == probe_h.readiness_verdict(r["h_swap"], r["linear_probe"]["accuracy"])
 
 
+def test_readiness_from_a_partial_inversion_swaps_only_between_t_0_and_t_edit(unet):
+    """``probe_h --readiness --t-0 600``: the pairs are inverted to x_600 and regenerated from there, so A with its
+    own h is the plain regeneration from t_0 and the swap's steps are the grid's 600 ≥ t ≥ t_edit."""
+    alphas = D.alphas_cumprod(D.linear_betas())
+    x_a, x_b, truth = h_swap_pairs(unet, "color", "red", "blue", "real", n=2, seed=0, n_steps=6, t_0=600)
+    rendered = shapes.make_batch(shapes.sample_specs(2, 30_000, constraints={"color": "red"}))
+    assert torch.equal(x_a, sampling.invert(unet, rendered, alphas, 6, 600))
+    with torch.no_grad():
+        plain = sampling.generate(unet, x_a, alphas, 6, 600)
+        assert torch.allclose(sampling.h_swap(unet, x_a, x_a, t_edit=200, n_steps=6, t_0=600), plain, atol=1e-5)
+        ratios: list = []
+        sampling.h_swap(unet, x_a, x_b, t_edit=200, n_steps=6, ratios=ratios, t_0=600)
+    assert len(ratios) == sum(t >= 200 for t, _ in D.generative_pairs(6, 600)) == 4
+    r = probe_h.readiness(unet, t_edit=200, n=2, n_steps=6, probe_train=24, probe_test=12, t_0=600)
+    assert (r["t_0"], r["t_edit"], r["h_swap"][0]["n"]) == (600, 200, 2)
+    lines = card.readiness_section({**r, "command": "python -m asyrp.worlds.probe_h --readiness --t-0 600"})
+    assert "to t_0 = 600 (an edit's partial inversion)" in "\n".join(lines)
+    with pytest.raises(UserError, match="sampled images start from their noise at t = 999, not t_0 = 600"):
+        h_swap_pairs(unet, "color", "red", "blue", "sampled", n=2, t_0=600)
+
+
 def test_demo_max_delta_ratio_bounds_the_learnt_edit(tmp_path, capsys):
     """``asyrp demo --max-delta-ratio R``: the block is trained and saved with the bound, so ‖Δh‖/‖h‖ along the
     edited paths never exceeds R at strength 1 (nor 2R at strength 2), and the run records and prints it."""

@@ -35,6 +35,12 @@ def _loss_table(records: list[dict], keys: tuple[str, ...], every: int) -> str:
                                                           for k in keys) + f" | {r['seconds']} |\n" for r in rows)
 
 
+def _to_t_0(r: dict) -> str:
+    """The card's words for a readiness measured from a partial inversion (files from before t_0 was recorded:
+    999, the full inversion)."""
+    return f" to t_0 = {r['t_0']} (an edit's partial inversion)" if r.get("t_0", 999) != 999 else ""
+
+
 def readiness_section(r: dict) -> list[str]:
     """The card's lines for ``readiness.json`` (:func:`asyrp.worlds.probe_h.readiness`): does h carry the attribute
     before any delta block is trained?"""
@@ -48,8 +54,8 @@ def readiness_section(r: dict) -> list[str]:
         "",
         f"Can an edit in h work in this DDPM at all? Measured without training any block (`{r['command']}`, "
         f"`readiness.json`): {rec['n']} real pairs A ({r['from']}) and B (the same image, {r['to']}), both "
-        f"DDIM-inverted with {r['n_steps']} steps; A is regenerated with B's h at t ≥ {r['t_edit']} and read by the "
-        f"exact reader. Reference: A with its own h (the plain regeneration) keeps A's other attributes in "
+        f"DDIM-inverted with {r['n_steps']} steps{_to_t_0(r)}; A is regenerated with B's h at t ≥ {r['t_edit']} and "
+        f"read by the exact reader. Reference: A with its own h (the plain regeneration) keeps A's other attributes in "
         f"{rec['others_kept']} of {rec['n']} and reads {r['from']} in {rec['still_source']}.",
         "",
         f"| h-swap | moved to {r['to']} | others kept | both | still {r['from']} |",

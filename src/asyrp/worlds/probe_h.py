@@ -134,25 +134,28 @@ def readiness_verdict(swaps: list[dict], readout: dict, thresholds: dict = READY
 @torch.no_grad()
 def readiness(unet, attribute: str = "color", t_edit: int = shapes.T_EDIT, n: int = READY["n_pairs"],
               n_steps: int = 20, seed: int = 0, readout_t: tuple[int, ...] = READOUT_T, probe_train: int = 512,
-              probe_test: int = 256, thresholds: dict = READY) -> dict:
+              probe_test: int = 256, thresholds: dict = READY, t_0: int = D.T_0) -> dict:
     """Does h carry ``attribute`` the way an edit in h needs, before any block is trained? For n real pairs (A of the
     source value, B the same image with the target value; both DDIM-inverted, ``n_steps``), A is regenerated with B's
     h at t ≥ t_edit (symmetric and asymmetric :func:`asyrp.sampling.h_swap`) and read: ``moved`` pairs read as the
     target, ``others_kept`` pairs valid with A's other attributes; ``reconstruction`` is A with its own h (the plain
-    regeneration: the most the swap can keep). Plus :func:`h_linear_probe` at t_edit and ``readout_t``."""
+    regeneration: the most the swap can keep). Plus :func:`h_linear_probe` at t_edit and ``readout_t``. ``t_0``:
+    invert the pairs to x_{t_0} and regenerate from there (the partial inversion an edit from t_0 uses)."""
     src, trg = SHAPES_DIRECTIONS[attribute]
-    x_a, x_b, truth = h_swap_pairs(unet, attribute, src, trg, "real", n=n, seed=seed, n_steps=n_steps)
+    x_a, x_b, truth = h_swap_pairs(unet, attribute, src, trg, "real", n=n, seed=seed, n_steps=n_steps, t_0=t_0)
 
     def counted(reads: dict) -> dict:
         return {"asymmetric": reads["asymmetric"], "n": n, "moved": round(reads["transferred"] * n),
                 "still_source": round(reads["kept"] * n), "others_kept": round(reads["others_kept"] * n),
                 "moved_and_others_kept": round(reads["moved_and_others_kept"] * n),
                 "delta_h_ratio": reads["delta_h_ratio"], "read_as": reads["read_as"]}
-    swaps = [counted(h_swap_reads(unet, x_a, x_b, attribute, src, trg, "real", t_edit, n_steps, asymmetric, truth))
-             for asymmetric in (False, True)]
-    reconstruction = counted(h_swap_reads(unet, x_a, x_a, attribute, src, trg, "real", t_edit, n_steps, False, truth))
+    swaps = [counted(h_swap_reads(unet, x_a, x_b, attribute, src, trg, "real", t_edit, n_steps, asymmetric, truth,
+                                  t_0)) for asymmetric in (False, True)]
+    reconstruction = counted(h_swap_reads(unet, x_a, x_a, attribute, src, trg, "real", t_edit, n_steps, False, truth,
+                                          t_0))
     probe = h_linear_probe(unet, attribute, timesteps=(t_edit, *readout_t), n_train=probe_train, n_test=probe_test)
-    return {"attribute": attribute, "from": src, "to": trg, "images": "real", "t_edit": t_edit, "n_steps": n_steps,
+    return {"attribute": attribute, "from": src, "to": trg, "images": "real", "t_0": t_0, "t_edit": t_edit,
+            "n_steps": n_steps,
             "seed": seed, "h_swap": swaps, "reconstruction": reconstruction, "linear_probe": probe,
             "verdict": readiness_verdict(swaps, probe["accuracy"], thresholds)}
 
@@ -160,7 +163,8 @@ def readiness(unet, attribute: str = "color", t_edit: int = shapes.T_EDIT, n: in
 def print_readiness(r: dict) -> None:
     """The readiness numbers and verdict as lines."""
     th, v = r["verdict"]["thresholds"], r["verdict"]
-    print(f"readiness of h for {r['attribute']} {r['from']} → {r['to']} (h-swap at t ≥ {r['t_edit']}, "
+    print(f"readiness of h for {r['attribute']} {r['from']} → {r['to']} (h-swap at {r.get('t_0', D.T_0)} ≥ t ≥ "
+          f"{r['t_edit']}, "
           f"{r['reconstruction']['n']} real pairs; thresholds: moved and others kept ≥ {th['moved_min']:.0%} / "
           f"{th['others_kept_min']:.0%} of pairs, read-out ≥ {th['readout_min']})")
     rec = r["reconstruction"]
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attribute", choices=sorted(SHAPES_DIRECTIONS), default="color")
     p.add_argument("--n", type=int, default=8, help="pairs for the sensitivity; the h-swap uses 2n")
     p.add_argument("--t-edit", type=int, default=shapes.T_EDIT)
+    p.add_argument("--t-0", type=int, default=D.T_0,
+                   help="readiness: invert the pairs to t_0 and swap h at t_0 ≥ t ≥ t_edit (an edit from t_0)")
     p.add_argument("--no-swap", action="store_true", help="skip the h-swap ceilings (the sampled one takes minutes)")
     p.add_argument("--swap-images", default="real,sampled",
                    help="which h-swap ceilings: real, sampled or both (sampled needs a DDPM that generates the values)")
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"ddpm": a.ddpm or "shipped", "command": "python -m asyrp.worlds.probe_h "
                   + " ".join(argv if argv is not None else sys.argv[1:]),
                   **readiness(unet, a.attribute, a.t_edit, n=2 * a.n, probe_train=a.probe_train,
-                              probe_test=a.probe_test)}
+                              probe_test=a.probe_test, t_0=a.t_0)}
         print_readiness(result)
         if a.out:
             atomic_json(a.out, result)
