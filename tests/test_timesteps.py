@@ -191,3 +191,20 @@ def test_directions_of_different_t_0_or_a_t_edit_above_t_0_are_one_line_errors(t
         edit(cfg, tmp_path / "out", backbone=bb, entries=_entries(), progress=False)
     assert str(e.value) == ("t_edit 200 must lie below t_0 150 (t_edit from checkpoint (as trained), "
                             "t_0 from flag/config); give --t-edit or --t-0")
+
+
+def test_sampled_images_come_from_x_999_and_are_inverted_to_a_smaller_t_0(tmp_path):
+    """--data sampled with t_0 < 999: the seeded noise is x_999 (the image is the same as with t_0 = 999), and the
+    entry's latent is that image inverted to x_{t_0}, as for a real image (the app does the same)."""
+    from asyrp import sampling
+    from asyrp.pipeline.inversion import InversionSettings, precompute_sampled
+    bb = tiny_backbone()
+    alphas = D.alphas_cumprod(D.linear_betas())
+    full = precompute_sampled(bb.unet, 2, 0, tmp_path, bb.fingerprint, InversionSettings(4, 999), progress=False)
+    part = precompute_sampled(bb.unet, 2, 0, tmp_path, bb.fingerprint, InversionSettings(4, 600), progress=False)
+    x0 = torch.stack([e["x0"] for e in full])
+    assert torch.allclose(torch.stack([e["x0"] for e in part]), x0, atol=1e-6)
+    with torch.no_grad():
+        x_600 = sampling.invert(bb.unet, x0, alphas, 4, 600)
+    assert torch.allclose(torch.stack([e["x_T"] for e in part]), x_600, atol=1e-5)
+    assert not torch.allclose(x_600, torch.stack([e["x_T"] for e in full]), atol=1e-2)

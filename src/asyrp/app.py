@@ -159,7 +159,7 @@ class Editor:
         """x_{t_0} of the picture: DDIM inversion once per (pixels, backbone, steps, t_0), then from the cache. A
         sampled picture's own noise is its x_999; for another t_0 its pixels are inverted like an upload's."""
         if picture.x_T is not None and t_0 == D.T_0:
-            return picture.x_T.to(self.device)
+            return picture.x_T[None].to(self.device)
         return self._cached(("inversion", picture.key, self.backbone.fingerprint, self.n_steps, t_0),
                             lambda: sampling.invert(self.unet, picture.x0[None].to(self.device), self.alphas,
                                                     self.n_steps, t_0, progress=self.progress))

@@ -118,7 +118,9 @@ def sampled_noise(seed: int, indices: Sequence[int], shape: Sequence[int]) -> to
 def precompute_sampled(unet, n: int, seed: int, root: str | os.PathLike, fingerprint: str,
                        settings: InversionSettings = InversionSettings(), batch_size: int = 8, start: int = 0,
                        device: str | torch.device | None = None, progress: bool = True) -> list[dict]:
-    """Entries for n images sampled from the backbone (x_T fixed by (seed, index); x0 = x_rec = DDIM(x_T))."""
+    """Entries for n images sampled from the backbone (x_T fixed by (seed, index); x0 = x_rec = DDIM(x_T)). The
+    noise is x_999 whatever the settings' t_0; for t_0 < 999 the entry's latent is the sample inverted to x_{t_0}
+    and its reconstruction the regeneration from there, as for a real image."""
     device = default_device(device)
     size = unet.image_size
     descs = sampled_items(n, seed, size, unet.config["in_channels"], start)
@@ -126,8 +128,11 @@ def precompute_sampled(unet, n: int, seed: int, root: str | os.PathLike, fingerp
 
     def compute(idx):
         x_T = sampled_noise(seed, [descs[i]["index"] for i in idx], descs[0]["noise_shape"]).to(device)
-        x0 = sampling.sample(unet, x_T, alphas, settings.n_inv_step, settings.t_0)
-        return x0, x_T, x0
+        x0 = sampling.sample(unet, x_T, alphas, settings.n_inv_step)
+        if settings.t_0 == D.T_0:
+            return x0, x_T, x0
+        x_t0 = sampling.invert(unet, x0, alphas, settings.n_inv_step, settings.t_0)
+        return x0, x_t0, sampling.generate(unet, x_t0, alphas, settings.n_inv_step, settings.t_0)
 
     return _fill_cache(cache_dir(root, fingerprint, settings, size), [d["name"] for d in descs],
                        [_meta({"name": d["name"], "source": d["source"], "sha256": d["sha256"]}, fingerprint,
