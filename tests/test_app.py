@@ -2,7 +2,7 @@
 end-to-end run in a real headless Chromium (skipped, with the reason, where no browser or Selenium is installed).
 
 Measured here (1 torch thread, 20 DDIM steps, a large red circle on white): S_dir of the shipped red → blue
-direction is 0.957 at strength 1 (the reader: a large blue circle on white, every other attribute kept) and −0.073 at
+direction is 0.957 at strength 1 (the reader: a large blue circle on white, every other attribute kept) and 0.019 at
 strength 0, where the edit is the reconstruction bit for bit.
 """
 
@@ -38,7 +38,7 @@ from conftest import torch_threads
 SHIPPED = "red → blue (shipped)"
 STEPS = 20
 S_DIR_EDIT_MIN = 0.7       # S_dir at strength 1 on the red circle; measured 0.957
-S_DIR_ZERO_MAX = 0.1       # at strength 0 (the reconstruction); measured −0.073
+S_DIR_ZERO_MAX = 0.1       # at strength 0 (the reconstruction); measured 0.019
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_settings_json_reproduces_the_png_with_asyrp_edit(editor, red_circle, tm
                                                                                             "white")))
     data = json.loads(settings.read_text())
     cfg = C.from_dict(EditConfig, data)
-    assert (cfg.strengths, cfg.coefficients, cfg.n_images, cfg.t_edit) == ([0.8], None, 1, 500)
+    assert (cfg.strengths, cfg.coefficients, cfg.n_images, cfg.t_0, cfg.t_edit) == ([0.8], None, 1, 600, 300)
     assert cfg.data == "red_circle.png" and original == settings.parent / cfg.data  # the download beside it
     assert cfg == EditConfig(**{**C.to_dict(result.config), "data": "red_circle.png", "device": None})
     out = tmp_path / "asyrp_edit"
@@ -146,30 +146,33 @@ def test_several_directions_are_coefficients_of_strength_one(editor, red_circle)
     assert settings_for(again, [editor.directions[SHIPPED]] * 2)[0]["weights"] == [1.0 / 2 ** 0.5, -0.5 / 2 ** 0.5]
 
 
-def test_a_direction_trained_from_t_0_600_is_edited_from_an_inversion_to_600(editor, red_circle, tmp_path):
-    """The app inverts to the t_0 a direction was trained with, keeps that inversion apart in its cache, and
-    records the t_0 in the settings `asyrp edit` reruns; a sampled picture's own noise (its x_999) is not used."""
+def test_each_direction_is_edited_from_an_inversion_to_its_own_t_0(editor, red_circle, tmp_path):
+    """The app inverts to the t_0 a direction was trained with (the shipped one: 600, the shapes world's partial
+    inversion), keeps each t_0's inversion apart in its cache, and records the t_0 in the settings `asyrp edit`
+    reruns; a sampled picture's own noise is its x_999 and serves only a t_0 = 999 direction."""
     from asyrp import sampling
     from asyrp.models.delta import load_delta_block
     block, meta = load_delta_block(editor.directions[SHIPPED].path, return_meta=True)
-    path = save_delta_block(block, tmp_path / "t600.pt", **{**meta, "t_0": 600, "t_edit": 200})
-    label = editor.add_direction(str(path), label="t600")
+    assert (meta["t_0"], meta["t_edit"]) == (shapes.T_0, shapes.T_EDIT) == (600, 300)
+    path = save_delta_block(block, tmp_path / "t999.pt", **{**meta, "t_0": 999, "t_edit": 500})
+    label = editor.add_direction(str(path), label="t999")
     picture = editor.load_image(red_circle)
-    editor.edit(picture, [(SHIPPED, 1.0)])  # the t_0 = 999 inversion is cached
+    shipped = editor.edit(picture, [(SHIPPED, 1.0)])  # the t_0 = 600 inversion is cached
     calls = UNetCalls(editor.unet)
     try:
         result = editor.edit(picture, [(label, 1.0)])
-        assert calls.take() == (STEPS - 1) + STEPS + STEPS  # a second inversion, to 600, and its reconstruction
+        assert calls.take() == (STEPS - 1) + STEPS + STEPS  # a second inversion, to 999, and its reconstruction
         editor.edit(picture, [(label, 0.5)])
         assert calls.take() == STEPS
     finally:
         calls.handle.remove()
-    assert (result.config.t_0, result.config.t_edit) == (600, 200)
+    assert (shipped.config.t_0, shipped.config.t_edit, result.config.t_0, result.config.t_edit) == (600, 300, 999, 500)
     expected = sampling.invert(editor.unet, picture.x0[None], editor.alphas, STEPS, 600)
     assert torch.equal(editor.invert(picture, 600), expected)
-    assert torch.equal(result.reconstruction, sampling.generate(editor.unet, expected, editor.alphas, STEPS, 600,
-                                                                noise_generators=None)[0])
+    assert torch.equal(shipped.reconstruction, sampling.generate(editor.unet, expected, editor.alphas, STEPS, 600)[0])
     sampled = editor.sample_image(seed=1, index=0)
+    assert torch.equal(editor.invert(sampled, 999), sampled.x_T[None])  # a batch of one, as an inversion's
+    assert torch.equal(editor.edit(sampled, [(label, 0.0)]).reconstruction, sampled.x0)  # DDIM from its own noise
     assert torch.equal(editor.invert(sampled, 600),
                        sampling.invert(editor.unet, sampled.x0[None], editor.alphas, STEPS, 600))
     del editor.directions[label], editor.texts[label]

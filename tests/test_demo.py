@@ -3,12 +3,13 @@
 One direction ("a red shape" → "a blue shape", conv block, the demo's defaults) is trained from the shipped tiny DDPM
 and tiny CLIP, then held-out real images are edited and read by the exact attribute reader.
 
-What was measured on the shipped world (the h-only fine-tuned DDPM and the ResNet-16 CLIP, demo defaults: AdamW 1e-3,
-λ_L1 = 3, ‖Δh‖ ≤ 0.5‖h‖, t_edit = 500; `asyrp demo --seeds 0,1,2`, README and blogpost.md §4): **the edit happens with
-Δh half as long as h** — edit success at strength 1 is 0.62 / 0.69 / 0.62 for seeds 0 / 1 / 2, 0 at strength 0 —
-**and it preserves only part of the rest**: preservation at strength 1 is 0.50 / 0.38 / 0.31 against 0.81 / 0.75 /
-0.88 for the plain reconstruction (strength 0). The test asserts the edit, the bound and the reconstruction, and
-records the preservation as a finding (PRESERVATION: issue 19's done-when asks for 0.8) instead of tuning it away.
+What was measured on the shipped world (the DDPM fine-tuned with hue-blind skips and h from a same-colour partner,
+the ResNet-16 CLIP; demo defaults: AdamW 1e-3, λ_L1 = 3, ‖Δh‖ ≤ 0.5‖h‖, inversion to t_0 = 600, t_edit = 300;
+`asyrp demo --seeds 0,1,2`, README and blogpost.md §4): **the edit happens with Δh under half as long as h** — edit
+success at strength 1 is 0.75 / 0.69 / 0.75 for seeds 0 / 1 / 2 — **and it keeps most of the rest**: preservation at
+strength 1 is 0.69 / 0.75 / 0.81 against 0.81 / 1.00 / 1.00 for the plain regeneration from t_0 (strength 0). The
+test asserts the edit, the bound and the reconstruction, and records the preservation as a finding (PRESERVATION:
+issue 19's done-when asks for 0.8 over 3 seeds) instead of tuning it away.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from asyrp.cli import main as cli_main
 from asyrp.worlds.demo import linearity, run_shapes_demo
 from asyrp.plots import grid, load_png
 
-SUCCESS_MIN = 0.4             # at strength 1; seed 0 (run here) measured 0.62 (seeds 1, 2: 0.69, 0.62)
-S_DIR_GAIN_MIN = 0.3          # S_dir(1) − S_dir(0); measured 0.59 for seed 0 (0.56 – 0.64 over 3 seeds)
-RECONSTRUCTION_MIN = 0.5      # preservation at strength 0; measured 0.75 – 0.88
+SUCCESS_MIN = 0.5             # at strength 1; seed 0 (run here) measured 0.75 (seeds 1, 2: 0.69, 0.75)
+S_DIR_GAIN_MIN = 0.4          # S_dir(1) − S_dir(0); measured 0.68 for seed 0 (0.68 – 0.82 over 3 seeds)
+RECONSTRUCTION_MIN = 0.6      # preservation at strength 0; measured 0.81 for seed 0 (0.81 – 1.00)
+RECONSTRUCTION_BLUE_MAX = 1 / 16  # success at strength 0: one of seed 0's 16 regenerations reads blue (0.0625)
 VALID_MIN = 0.75              # at strength 1; measured 1.00 for every seed
-PRESERVATION = (0.2, 0.8)     # at strength 1: measured 0.50 for seed 0 (0.31 – 0.50). The old world's 0.06 must not
-                              # come back; above 0.8 is issue 19's done-when — update README and blogpost §4 then
-DELTA_RATIO = (0.4, 0.5)      # the learnt ‖Δh‖/‖h‖ at strength 1: the bound (0.5) holds and the block uses it (0.50)
+PRESERVATION = (0.5, 0.8)     # at strength 1: measured 0.69 for seed 0 (0.69 – 0.81). The last world's 0.31 – 0.50 must
+                              # not come back; above 0.8 is issue 19's done-when — update README and blogpost §4 then
+DELTA_RATIO = (0.25, 0.5)     # the learnt ‖Δh‖/‖h‖ at strength 1: the bound (0.5) holds; measured 0.32 – 0.50 (seed 0)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +61,8 @@ def test_demo_edits_real_images(demo_run):
     assert saved["direction"]["from"] == "red" and saved["direction"]["to"] == "blue" and saved["strength"] == 1.0
     assert (saved["optimizer"], saved["lr"], saved["l1_weight"], saved["max_delta_ratio"]) == ("adamw", 1e-3, 3.0, 0.5)
     by_strength = {p["strength"]: p for p in m["per_strength"]}
-    # strength 0 is the plain inversion → regeneration: nothing turns blue
-    assert by_strength[0.0]["edit_success"] == 0.0
+    # strength 0 is the plain inversion → regeneration: (almost) nothing turns blue
+    assert by_strength[0.0]["edit_success"] <= RECONSTRUCTION_BLUE_MAX, m["per_strength"]
     assert by_strength[0.0]["preservation"] >= RECONSTRUCTION_MIN, m["per_strength"]
     assert m["edit_success"] >= SUCCESS_MIN, m["per_strength"]
     assert m["s_dir"] - by_strength[0.0]["s_dir"] >= S_DIR_GAIN_MIN, m["per_strength"]
@@ -110,8 +112,8 @@ def test_linearity_summary_is_computed_not_assumed():
 
 
 def test_demo_rejects_unknown_values(tmp_path, capsys):
-    assert cli_main(["demo", "--out", str(tmp_path), "--t-0", "400"]) == 2
-    assert "t_0 must lie in (t_edit, 999] = (500, 999], not 400" in capsys.readouterr().err
+    assert cli_main(["demo", "--out", str(tmp_path), "--t-0", "150"]) == 2
+    assert "t_0 must lie in (t_edit, 999] = (300, 999], not 150" in capsys.readouterr().err
     assert cli_main(["demo", "--out", str(tmp_path), "--max-delta-ratio", "-1"]) == 2
     assert "--max-delta-ratio must be >= 0 (0: unbounded), not -1" in capsys.readouterr().err
     assert cli_main(["demo", "--out", str(tmp_path), "--direction", "color", "--to", "pink"]) == 2

@@ -498,7 +498,7 @@ def test_model_card_skips_probe_lines_and_tabulates_them():
     clip_log = [r for r in shipped_log if "zero_shot_200" not in r]
     assert len(clip_log) < len(shipped_log)
     plain = render_card(ddpm_eval, clip_eval, ddpm_log, clip_log, "cmd-ddpm", "cmd-clip", "test machine")
-    assert "during training" not in plain and shipped.startswith(plain.rstrip("\n"))
+    assert "held-out images during training" not in plain and shipped.startswith(plain.rstrip("\n"))
     probe = {"step": 250, "zero_shot_200": {"color": 1.0, "size": 0.5, "shape": 0.365, "background": 1.0}}
     last = {"step": clip_log[-1]["step"], "zero_shot_200": dict(probe["zero_shot_200"], shape=1.0)}
     card = render_card(ddpm_eval, clip_eval, ddpm_log, [*clip_log, probe, last], "cmd-ddpm", "cmd-clip", "test machine")

@@ -47,8 +47,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "value")
     p.add_argument("--n-steps", type=at_least(1), default=20, help="DDIM steps for inversion, training and editing")
     p.add_argument("--t-edit", type=int, default=shapes.T_EDIT, help=f"edit at t >= t_edit (default {shapes.T_EDIT})")
-    p.add_argument("--t-0", type=int, default=999,
-                   help="invert up to t_0 and edit t_0 >= t >= t_edit (the original's t_0; default 999: all of it)")
+    p.add_argument("--t-0", type=int, default=shapes.T_0,
+                   help=f"invert up to t_0 and edit t_0 >= t >= t_edit (default {shapes.T_0}; the original's "
+                        "partial inversion; 999: all of it)")
     p.add_argument("--t-boost", type=int,
                    help="quality boosting: stochastic DDIM steps (η = 1) below this t when editing (default: off)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from asyrp.errors import UserError
 from asyrp.io.files import atomic_json, atomic_path, read_jsonl
+from asyrp.worlds import shapes
 
 SHIPPED = {"ddpm": ("ddpm.pt", "ddpm_train_log.jsonl", "samples.png"), "clip": ("clip.pt", "clip_train_log.jsonl")}
 
@@ -157,7 +158,8 @@ def render_card(ddpm_eval: dict, clip_eval: dict, ddpm_log: list[dict], clip_log
         lines += [f"DDIM inversion → regeneration of {inv['n']} held-out real images ({ddpm_eval['n_steps']} steps "
                   f"each way): valid **{_pct(inv['valid'])}**, all four attributes read back unchanged "
                   f"**{_pct(acc['all'])}** (" + ", ".join(f"{k} {_pct(v)}" for k, v in acc.items() if k != "all")
-                  + f"), MSE {inv['mse']:.4f}. This is the path `asyrp demo` edits through.", ""]
+                  + f"), MSE {inv['mse']:.4f}. `asyrp demo` inverts only to t_0 = {shapes.T_0} "
+                  "(the original's partial inversion; its strength 0 is that regeneration).", ""]
     lines += ["Training loss:", "", _loss_table(ddpm_log, ("loss",), every=300), ""]
     lines += [
         "## Tiny CLIP (`clip.pt`)",

@@ -67,7 +67,7 @@ def _items(dataset, prefix: str) -> list[dict]:
 def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None = None, trg_value: str | None = None,
                     kind: str = "conv", seed: int = 0, n_train: int = 24, n_test: int = 16, epochs: int = 4,
                     t_edit: int = shapes.T_EDIT, t_boost: int | None = None, n_steps: int = 20, lr: float | None = None,
-                    t_0: int = 999, optimizer: str = "adamw",
+                    t_0: int = shapes.T_0, optimizer: str = "adamw",
                     images: str = "real", strengths=STRENGTHS, device: str | None = None,
                     world_dir: str | None = None, batch_size: int = 4, l1_weight: float = L1_WEIGHT,
                     max_delta_ratio: float | None = MAX_DELTA_RATIO, cache_dir: str | Path | None = None, progress: bool = True) -> dict:
@@ -167,10 +167,11 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
     at_one = [p["delta_h_ratio"] for p in per_strength if p["strength"] == 1.0]
     delta_ratio = at_one[0] if at_one else delta_h_ratio(unet, block, x_T, t_edit, n_steps, t_0=t_0)
     stage_done("measure")  # reader, S_dir and the ratios
-    # the ceiling: does h carry this attribute at all in this DDPM (no training involved; always from the full
-    # inversion, t_0 = 999, so that it measures the DDPM and not the demo's settings)?
+    # the ceiling: does h carry this attribute at all in this DDPM, along the demo's path (no training involved)?
+    # Sampled pairs start from their noise, t_0 = 999, and their record says so.
     swap = h_swap_transfer(unet, attribute, src_value, trg_value, images, seed=seed, t_edit=t_edit,
-                             n_steps=n_steps, cache=cache, fingerprint=backbone.fingerprint)
+                           n_steps=n_steps, cache=cache, fingerprint=backbone.fingerprint,
+                           t_0=t_0 if images == "real" else D.T_0)
     stage_done("h_swap")
     main = next(p for p in per_strength if p["strength"] == 1.0) if 1.0 in strengths else per_strength[-1]
     metrics = {
@@ -208,7 +209,7 @@ def sampled_of_value(unet, fingerprint: str, attribute: str, value: str, n: int,
     for k in range(max_tries):
         indices = range(k * pool, (k + 1) * pool)
         noise = sampled_noise(seed, indices, (channels, size, size)).to(device)
-        drawn = shapes.read_attributes(sampling.sample(unet, noise, alphas, settings.n_inv_step, settings.t_0).cpu())
+        drawn = shapes.read_attributes(sampling.sample(unet, noise, alphas, settings.n_inv_step).cpu())  # from x_999
         for i, read in zip(indices, drawn):
             if len(entries) == n or not (read["valid"] and read[attribute] == value):
                 continue
@@ -290,12 +291,14 @@ def h_swap_reads(unet, x_a: torch.Tensor, x_b: torch.Tensor, attribute: str, src
 def h_swap_transfer(unet, attribute: str, src_value: str, trg_value: str, images: str = "real", n: int = 16,
                     seed: int = 0, t_edit: int = shapes.T_EDIT, n_steps: int = 20, cache=None,
                     fingerprint: str | None = None,
-                    asymmetric: bool = False) -> dict:
+                    asymmetric: bool = False, t_0: int = D.T_0) -> dict:
     """Does h carry ``attribute`` in this DDPM? n images A of ``src_value`` are regenerated with the h of images B of
     ``trg_value`` at t ≥ t_edit (:func:`h_swap`) and read (:func:`h_swap_latents`, :func:`h_swap_reads`).
     An h-space edit can only succeed where h carries the attribute: this measures the ceiling, without training."""
-    x_a, x_b = h_swap_latents(unet, attribute, src_value, trg_value, images, n, seed, n_steps, cache, fingerprint)
-    return h_swap_reads(unet, x_a, x_b, attribute, src_value, trg_value, images, t_edit, n_steps, asymmetric)
+    x_a, x_b, _ = h_swap_pairs(unet, attribute, src_value, trg_value, images, n, seed, n_steps, cache, fingerprint,
+                               t_0)
+    return h_swap_reads(unet, x_a, x_b, attribute, src_value, trg_value, images, t_edit, n_steps, asymmetric,
+                        t_0=t_0)
 
 
 def linearity(per_strength: list[dict]) -> dict:

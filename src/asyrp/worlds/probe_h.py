@@ -11,7 +11,7 @@ For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source v
   images: from which t on the prediction — what Asyrp edits — tells the two apart;
 * ``h_linear_probe``: is the attribute in h at all? A ridge-regression read-out of the attribute from h of
   forward-noised images at a few t, fitted on ``n_train`` images and scored on ``n_test`` others (chance 1/values);
-* the h-swap ceilings (:func:`asyrp.worlds.demo.h_swap_latents`, then :func:`asyrp.worlds.demo.h_swap_reads` on one
+* the h-swap ceilings (:func:`asyrp.worlds.demo.h_swap_pairs`, then :func:`asyrp.worlds.demo.h_swap_reads` on one
   set of latents for both swaps), for real (inverted) and sampled images: symmetric (B's ε for the predicted x0 and the direction)
   and asymmetric (Asyrp's step: only the predicted x0 uses B's h).
 
@@ -37,7 +37,7 @@ from asyrp import diffusion as D
 from asyrp import sampling
 from asyrp.io.files import atomic_json
 from asyrp.worlds import shapes
-from asyrp.worlds.demo import SHAPES_DIRECTIONS, h_swap_latents, h_swap_pairs, h_swap_reads
+from asyrp.worlds.demo import SHAPES_DIRECTIONS, h_swap_pairs, h_swap_reads
 
 # issue 19's readiness thresholds: shares of the h-swap pairs (12 of 16) and the read-out accuracy
 READY = {"n_pairs": 16, "moved_min": 0.75, "others_kept_min": 0.75, "readout_min": 0.9}
@@ -134,7 +134,7 @@ def readiness_verdict(swaps: list[dict], readout: dict, thresholds: dict = READY
 @torch.no_grad()
 def readiness(unet, attribute: str = "color", t_edit: int = shapes.T_EDIT, n: int = READY["n_pairs"],
               n_steps: int = 20, seed: int = 0, readout_t: tuple[int, ...] = READOUT_T, probe_train: int = 512,
-              probe_test: int = 256, thresholds: dict = READY, t_0: int = D.T_0) -> dict:
+              probe_test: int = 256, thresholds: dict = READY, t_0: int = shapes.T_0) -> dict:
     """Does h carry ``attribute`` the way an edit in h needs, before any block is trained? For n real pairs (A of the
     source value, B the same image with the target value; both DDIM-inverted, ``n_steps``), A is regenerated with B's
     h at t ≥ t_edit (symmetric and asymmetric :func:`asyrp.sampling.h_swap`) and read: ``moved`` pairs read as the
@@ -186,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ddpm", help="ddpm.pt or a train-backbone checkpoint.pt (default: the shipped DDPM)")
     p.add_argument("--attribute", choices=sorted(SHAPES_DIRECTIONS), default="color")
     p.add_argument("--n", type=int, default=8, help="pairs for the sensitivity; the h-swap uses 2n")
-    p.add_argument("--t-edit", type=int, default=shapes.T_EDIT)
-    p.add_argument("--t-0", type=int, default=D.T_0,
-                   help="readiness: invert the pairs to t_0 and swap h at t_0 ≥ t ≥ t_edit (an edit from t_0)")
+    p.add_argument("--t-edit", type=int, default=shapes.T_EDIT, help=f"default {shapes.T_EDIT}")
+    p.add_argument("--t-0", type=int, default=shapes.T_0,
+                   help=f"invert real pairs to t_0 and swap h at t_0 ≥ t ≥ t_edit, as an edit from t_0 (default "
+                        f"{shapes.T_0}, the shapes world's edit path; 999: the full inversion)")
     p.add_argument("--no-swap", action="store_true", help="skip the h-swap ceilings (the sampled one takes minutes)")
     p.add_argument("--swap-images", default="real,sampled",
                    help="which h-swap ceilings: real, sampled or both (sampled needs a DDPM that generates the values)")
@@ -225,12 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_swap:
         result["h_swap"] = []
         for images in a.swap_images.split(","):  # one set of latents for both kinds of swap
-            x_a, x_b = h_swap_latents(unet, a.attribute, src, trg, images, n=2 * a.n)
+            t_0 = a.t_0 if images == "real" else D.T_0  # sampled pairs start from their noise
+            x_a, x_b, _ = h_swap_pairs(unet, a.attribute, src, trg, images, n=2 * a.n, t_0=t_0)
             result["h_swap"] += [h_swap_reads(unet, x_a, x_b, a.attribute, src, trg, images, t_edit=a.t_edit,
-                                              asymmetric=asymmetric) for asymmetric in (False, True)]
+                                              asymmetric=asymmetric, t_0=t_0) for asymmetric in (False, True)]
         for hs in result["h_swap"]:
             kind = "asymmetric" if hs["asymmetric"] else "symmetric"
-            print(f"{kind} h-swap at t ≥ {hs['t_edit']}, {hs['images']} images: {hs['transferred']:.2f} read as "
+            print(f"{kind} h-swap at {hs['t_0']} ≥ t ≥ {hs['t_edit']}, {hs['images']} images: "
+                  f"{hs['transferred']:.2f} read as "
                   f"{trg}, {hs['kept']:.2f} still {src} (n = {hs['n']})")
     if a.out:
         atomic_json(a.out, result)

@@ -56,9 +56,13 @@ MARGIN = 2.0             # min distance between the shape's bbox and the image b
 SUPERSAMPLE = 4          # default anti-aliasing: 4×4 samples per pixel
 SIZE_THRESHOLD = math.sqrt(SIZES["small"] * SIZES["large"])  # 112 px²: reader's small/large boundary
 
-# t_edit of the shapes world (its demo, probes and h-swap): the world has no LPIPS table to choose one from, so
-# edits act on the upper half of the reverse process, as the CelebA-HQ directions do (t_edit ≈ 500)
-T_EDIT = 500
+# The shapes world's edit path (its demo, the app's direction, the readiness probe): invert to t_0 and edit at
+# t_0 ≥ t ≥ t_edit. The world has no LPIPS table to choose them from; measured instead (blogpost.md §4): from
+# t_0 = 999 the predicted x0 of the first steps is a blurred blob, so the colour an edit adds there is blob-shaped and
+# the outline changes; from the original's partial inversion to 600, with Δh down to t = 300, the outline stays in
+# most images.
+T_0 = 600
+T_EDIT = 300
 
 RESOURCE_PACKAGE = "asyrp.resources"
 RESOURCE_DIR = "worlds/shapes"
