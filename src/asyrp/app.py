@@ -6,8 +6,8 @@ diffusion-editing users know (Hugging Face Spaces) and is actively maintained. O
 'asyrp[app]'``), imported only by :func:`build_ui`. The rest is the UI-independent :class:`Editor` the tests call:
 
 * images are uploaded (decoded and resized as ``asyrp edit --data FILE`` does) or sampled from the backbone (as
-  ``--data sampled``); each is DDIM-inverted once, cached by the sha256 of its pixels and the inversion settings, so
-  moving a slider costs only the generation;
+  ``--data sampled``); each is DDIM-inverted once to the t_0 the chosen directions were trained with, cached by the
+  sha256 of its pixels and the inversion settings (steps, t_0), so moving a slider costs only the generation;
 * an edit is an :class:`asyrp.pipeline.edit.EditConfig` (weights from ``settings_for``, times from ``edit_times``, the same
   boost noise), so the exported settings JSON reproduces the PNG with ``asyrp edit --config``;
 * metrics of the pair: S_dir (original → edit) per direction; in the shapes world, the attribute reader.

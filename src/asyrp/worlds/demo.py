@@ -254,13 +254,6 @@ def h_swap_pairs(unet, attribute: str, src_value: str, trg_value: str, images: s
     return torch.stack([e["x_T"] for e in a]).to(device), torch.stack([e["x_T"] for e in b]).to(device), truth
 
 
-def h_swap_latents(unet, attribute: str, src_value: str, trg_value: str, images: str = "real", n: int = 16,
-                   seed: int = 0, n_steps: int = 20, cache=None, fingerprint: str | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_T of A, x_T of B) of :func:`h_swap_pairs`, without A's attributes."""
-    return h_swap_pairs(unet, attribute, src_value, trg_value, images, n, seed, n_steps, cache, fingerprint)[:2]
-
-
 def h_swap_reads(unet, x_a: torch.Tensor, x_b: torch.Tensor, attribute: str, src_value: str, trg_value: str,
                  images: str, t_edit: int = shapes.T_EDIT, n_steps: int = 20, asymmetric: bool = False,
                  truth_a: list[dict] | None = None, t_0: int = D.T_0) -> dict:
@@ -293,7 +286,7 @@ def h_swap_transfer(unet, attribute: str, src_value: str, trg_value: str, images
                     fingerprint: str | None = None,
                     asymmetric: bool = False, t_0: int = D.T_0) -> dict:
     """Does h carry ``attribute`` in this DDPM? n images A of ``src_value`` are regenerated with the h of images B of
-    ``trg_value`` at t ≥ t_edit (:func:`h_swap`) and read (:func:`h_swap_latents`, :func:`h_swap_reads`).
+    ``trg_value`` at t ≥ t_edit (:func:`h_swap`) and read (:func:`h_swap_pairs`, :func:`h_swap_reads`).
     An h-space edit can only succeed where h carries the attribute: this measures the ceiling, without training."""
     x_a, x_b, _ = h_swap_pairs(unet, attribute, src_value, trg_value, images, n, seed, n_steps, cache, fingerprint,
                                t_0)
