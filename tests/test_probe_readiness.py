@@ -257,7 +257,9 @@ def test_demo_max_delta_ratio_bounds_the_learnt_edit(tmp_path, capsys):
     assert 0 < rows[1.0]["max"] <= 0.05 + 1e-4 and rows[2.0]["max"] <= 0.1 + 2e-4
     assert rows[1.0]["max"] == pytest.approx(0.05, abs=1e-4)  # the default lr 1e-2 pushes Δh to the bound
     assert load_delta_block(out / "train" / "delta.pt").config.max_ratio == 0.05
-    assert "conv delta block (‖Δh‖ ≤ 0.05·‖h‖)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "conv delta block (‖Δh‖ ≤ 0.05·‖h‖)" in printed
+    assert "images A (600 ≥ t ≥ 300): " in printed and (m["h_swap"]["t_0"], m["t_0"]) == (600, 600)
 
 
 def test_card_names_the_hue_blind_skip_options():

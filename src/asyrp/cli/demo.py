@@ -116,7 +116,8 @@ def print_run(m: dict, out: Path) -> None:
           f"(min {r['min']:.2f}, max {r['max']:.2f})")
     hs = m["h_swap"]
     print(f"h-swap ceiling: the h of {hs['to']} images B in the reverse path of {hs['from']} images A "
-          f"(t ≥ {hs['t_edit']}): {round(hs['transferred'] * hs['n'])} of {hs['n']} read {hs['to']}, "
+          f"({hs['t_0']} ≥ t ≥ {hs['t_edit']}): {round(hs['transferred'] * hs['n'])} of {hs['n']} read "
+          f"{hs['to']}, "
           f"{round(hs['kept'] * hs['n'])} still {hs['from']}")
     lin = m["linearity"]
     print(f"linearity: success non-decreasing in strength {lin['monotonic']}; S_dir sign follows strength "
