@@ -208,3 +208,15 @@ def test_sampled_images_come_from_x_999_and_are_inverted_to_a_smaller_t_0(tmp_pa
         x_600 = sampling.invert(bb.unet, x0, alphas, 4, 600)
     assert torch.allclose(torch.stack([e["x_T"] for e in part]), x_600, atol=1e-5)
     assert not torch.allclose(x_600, torch.stack([e["x_T"] for e in full]), atol=1e-2)
+
+
+def test_t_0_of_several_directions_names_their_common_source():
+    from types import SimpleNamespace
+    from asyrp.pipeline.run_record import resolve_t_0
+    legacy = SimpleNamespace(t_0=999, t_0_source="999: not in the checkpoint (the original's)")
+    stored = SimpleNamespace(t_0=999, t_0_source="checkpoint")
+    cfg = SimpleNamespace(t_0=None)
+    assert resolve_t_0(cfg, [legacy, legacy], ["a.pt", "b.pt"]) == (999, "999: not in the checkpoint (the original's)")
+    assert resolve_t_0(cfg, [stored, stored], ["a.pt", "b.pt"]) == (999, "checkpoint")
+    assert resolve_t_0(cfg, [stored, legacy], ["a.pt", "b.pt"]) == (999, "checkpoints")
+    assert resolve_t_0(cfg, [], []) == (999, "default")

@@ -207,9 +207,8 @@ class Editor:
         weights = settings_for(cfg, directions)[0]["weights"]
         recon = self.reconstruct(picture, t_boost, cfg.seed, t_0)
         edited = sampling.generate(self.unet, self.invert(picture, t_0), self.alphas, self.n_steps, t_0,
-                                   t_boost=t_boost,
-                                   delta=sampling.DeltaSum([d.block for d in directions], weights), t_edit=t_edit,
-                                   c0=cfg.c0, noise_generators=sampling.image_generators(cfg.seed, [0]),
+                                   t_boost=t_boost, delta=sampling.DeltaSum([d.block for d in directions], weights),
+                                   t_edit=t_edit, c0=cfg.c0, noise_generators=sampling.image_generators(cfg.seed, [0]),
                                    progress=self.progress)
         return edited[0].cpu(), recon[0].cpu(), cfg
 

@@ -120,7 +120,8 @@ def h_swap(unet: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, t_edit: int, n
            asymmetric: bool = False, alphas: torch.Tensor | None = None,
            ratios: list[torch.Tensor] | None = None, t_0: int = D.T_0) -> torch.Tensor:
     """Regenerate A from x_a (its x_T) with B's h, taken along B's own reverse path from x_b, replacing A's h at
-    every t ≥ t_edit (x_a, x_b: latents at t_0). Symmetric (default): both the predicted x0 and the direction use the swapped ε.
+    every t ≥ t_edit (x_a, x_b: latents at t_0). Symmetric (default): both the predicted x0 and the direction use
+    the swapped ε.
     ``asymmetric``: Asyrp's step — only the predicted x0 uses it, the direction keeps A's own ε — i.e. the edit of a
     delta block whose Δh is exactly h_B − h_A. ``ratios``: a list that receives ‖h_B − h_A‖ / ‖h_A‖ per image at each
     swapped step (how long that Δh is against h)."""

@@ -117,8 +117,7 @@ def print_run(m: dict, out: Path) -> None:
     hs = m["h_swap"]
     print(f"h-swap ceiling: the h of {hs['to']} images B in the reverse path of {hs['from']} images A "
           f"({hs['t_0']} ≥ t ≥ {hs['t_edit']}): {round(hs['transferred'] * hs['n'])} of {hs['n']} read "
-          f"{hs['to']}, "
-          f"{round(hs['kept'] * hs['n'])} still {hs['from']}")
+          f"{hs['to']}, {round(hs['kept'] * hs['n'])} still {hs['from']}")
     lin = m["linearity"]
     print(f"linearity: success non-decreasing in strength {lin['monotonic']}; S_dir sign follows strength "
           f"{lin['s_dir_sign_follows_strength']}; negative strengths not toward the target "

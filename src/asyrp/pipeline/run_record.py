@@ -205,13 +205,13 @@ def resolve_t_0(cfg, records: list, paths: list[str]) -> tuple[int, str]:
     learnt Δh for the x_t of its own inversion, and an edit from another t_0 hands it other x_t)."""
     if cfg.t_0 is not None:
         return int(cfg.t_0), "flag/config"
-    trained = sorted({d.t_0 for d in records})
-    if len(trained) > 1:
-        named = ", ".join(f"{Path(p).name}: {d.t_0}" for d, p in zip(records, paths))
-        raise UserError(f"the directions were trained with different t_0 ({named}); give --t-0")
     if not records:
         return D.T_0, "default"
-    return trained[0], records[0].t_0_source if len(records) == 1 else "checkpoints"
+    if len({d.t_0 for d in records}) > 1:
+        named = ", ".join(f"{Path(p).name}: {d.t_0}" for d, p in zip(records, paths))
+        raise UserError(f"the directions were trained with different t_0 ({named}); give --t-0")
+    sources = {d.t_0_source for d in records}
+    return records[0].t_0, sources.pop() if len(sources) == 1 else "checkpoints"
 
 
 def resolve_edit_times(cfg, records: list, paths: list[str], backbone,

@@ -155,16 +155,14 @@ def readiness(unet, attribute: str = "color", t_edit: int = shapes.T_EDIT, n: in
                                           t_0))
     probe = h_linear_probe(unet, attribute, timesteps=(t_edit, *readout_t), n_train=probe_train, n_test=probe_test)
     return {"attribute": attribute, "from": src, "to": trg, "images": "real", "t_0": t_0, "t_edit": t_edit,
-            "n_steps": n_steps,
-            "seed": seed, "h_swap": swaps, "reconstruction": reconstruction, "linear_probe": probe,
+            "n_steps": n_steps, "seed": seed, "h_swap": swaps, "reconstruction": reconstruction, "linear_probe": probe,
             "verdict": readiness_verdict(swaps, probe["accuracy"], thresholds)}
 
 
 def print_readiness(r: dict) -> None:
     """The readiness numbers and verdict as lines."""
     th, v = r["verdict"]["thresholds"], r["verdict"]
-    print(f"readiness of h for {r['attribute']} {r['from']} → {r['to']} (h-swap at {r.get('t_0', D.T_0)} ≥ t ≥ "
-          f"{r['t_edit']}, "
+    print(f"readiness of h for {r['attribute']} {r['from']} → {r['to']} (h-swap at {r['t_0']} ≥ t ≥ {r['t_edit']}, "
           f"{r['reconstruction']['n']} real pairs; thresholds: moved and others kept ≥ {th['moved_min']:.0%} / "
           f"{th['others_kept_min']:.0%} of pairs, read-out ≥ {th['readout_min']})")
     rec = r["reconstruction"]
@@ -233,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         for hs in result["h_swap"]:
             kind = "asymmetric" if hs["asymmetric"] else "symmetric"
             print(f"{kind} h-swap at {hs['t_0']} ≥ t ≥ {hs['t_edit']}, {hs['images']} images: "
-                  f"{hs['transferred']:.2f} read as "
-                  f"{trg}, {hs['kept']:.2f} still {src} (n = {hs['n']})")
+                  f"{hs['transferred']:.2f} read as {trg}, {hs['kept']:.2f} still {src} (n = {hs['n']})")
     if a.out:
         atomic_json(a.out, result)
     return 0
