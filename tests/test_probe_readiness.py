@@ -271,5 +271,9 @@ def test_card_names_the_hue_blind_skip_options():
     for text in ("At t ≥ 300 the decoder predicts x0 (`--x0-from-t`", "`--skip-hue-rotation`",
                  "`--h-from-color-partner`", "weighted 1 + 4 in the loss", "with weight 0.3"):
         assert text in lines[0], text
+    assert "`--object-weight-per-area`" not in lines[0]
+    per_area = card._finetune_lines({"x0_from_t": 300, "object_weight": 4.0, "object_weight_per_area": True})[0]
+    assert ("weighted 1 + 4, scaled by the batch's mean shape area over the shape's own "
+            "(`--object-weight-per-area`) in the loss") in per_area
     assert "its skips kept" in card._finetune_lines({"x0_from_t": 300})[0]
     assert card._finetune_lines({"h_only_from_t": 300})[0].startswith("- At t ≥ 300 the decoder predicts from h alone")

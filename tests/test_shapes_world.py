@@ -268,6 +268,32 @@ def test_train_backbone_object_weight(tmp_path):
     assert abs(logged - float(sq_err.mean())) > 1e-2 * weighted  # the weights matter
 
 
+def test_object_weight_per_area(tmp_path, capsys):
+    """--object-weight-per-area: each shape's coverage is scaled by the batch's mean shape area over its own, so every
+    shape carries the same total weight (the batch's mean area × W); without the flag the weights are 1 + W × coverage.
+    The flag alone is refused with the option to add, and a run records it."""
+    from asyrp.worlds.train_backbone import pixel_weights
+    specs = shapes.sample_specs(8, 3)
+    masks = shapes.object_masks(specs, 32)
+    areas = masks.sum(dim=(1, 2, 3))
+    assert float(areas.max() / areas.min()) > 2  # shapes of different sizes, so the scaling matters
+    plain = pixel_weights(specs, 4.0, 32)
+    assert torch.equal(plain, 1 + 4.0 * masks)
+    per_area = pixel_weights(specs, 4.0, 32, per_area=True)
+    totals = ((per_area - 1) / 4.0).sum(dim=(1, 2, 3))
+    assert torch.allclose(totals, areas.mean().expand(8), rtol=1e-5)
+    assert torch.equal(per_area > 1, plain > 1)  # the same pixels, weighted differently
+
+    assert cli_main(["train-backbone", "--out", str(tmp_path / "bad"), "--steps", "1", "--object-weight-per-area",
+                     *DDPM_TINY]) == 2
+    assert "--object-weight-per-area scales the object's weight: give --object-weight W as well" in (
+        capsys.readouterr().err)
+    run = tmp_path / "run"
+    assert cli_main(["train-backbone", "--out", str(run), "--steps", "1", "--object-weight", "3",
+                     "--object-weight-per-area", *DDPM_TINY]) == 0
+    assert torch.load(run / "ddpm.pt", weights_only=True)["meta"]["object_weight_per_area"] is True
+
+
 def test_train_backbone_h_only_fine_tune(tmp_path, capsys):
     """--init-from + --h-only-from-t: the fine-tune starts from the given weights (first logged loss equals the loss of
     those weights on step 0's batch, weighted as x0-MSE at t ≥ h_only_from_t) and ships a model with the key; a

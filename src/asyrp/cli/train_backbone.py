@@ -67,6 +67,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "(the share of the pixel the shape covers), so that errors on the object weigh more than on "
                         "the background it sits on (a small shape covers 6 %% of the image); 0: the plain mean over "
                         "pixels")
+    p.add_argument("--object-weight-per-area", action="store_true",
+                   help="with --object-weight: scale each shape's weight by the batch's mean shape area over its own, "
+                        "so a small shape weighs as much in the loss as a large one (its outline is what an edit in "
+                        "h loses first)")
     p.add_argument("--h-attribute-weight", type=float, default=0.0,
                    help="add W × the cross-entropy of a linear read-out of shape, colour, size and background from the "
                         "flattened h (trained with the DDPM, not shipped), so the encoder writes every attribute into "

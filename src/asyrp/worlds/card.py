@@ -85,7 +85,10 @@ def _finetune_lines(dm: dict) -> list[str]:
         lines.append(f"- Fine-tuned from `{Path(dm['init_from']['path']).name}` of a {dm['init_from']['steps']}-step "
                      "run (see the reproduce line); the training time and loss below are the fine-tune's.")
     # what both x0-head variants train with: the object weight and the read-out of the attributes from h
-    weighting = (f"the object's pixels weighted 1 + {dm.get('object_weight', 0.0):g} in the loss (`--object-weight`); "
+    per_area = (", scaled by the batch's mean shape area over the shape's own (`--object-weight-per-area`)"
+                if dm.get("object_weight_per_area") else "")
+    weighting = (f"the object's pixels weighted 1 + {dm.get('object_weight', 0.0):g}{per_area} in the loss "
+                 f"(`--object-weight`); "
                  f"a linear read-out of the attributes from h trained beside it with weight "
                  f"{dm.get('h_attribute_weight', 0.0)} (not shipped)")
     if dm.get("h_only_from_t") is not None:

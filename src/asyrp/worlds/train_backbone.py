@@ -184,10 +184,18 @@ def perturb_h(h: torch.Tensor, t: torch.Tensor, h_only_from_t: int, scale: float
     return h + length.view(-1, 1, 1, 1) * n
 
 
-def pixel_weights(specs, object_weight: float, image_size: int) -> torch.Tensor:
+def pixel_weights(specs, object_weight: float, image_size: int, per_area: bool = False) -> torch.Tensor:
     """(N, 1, S, S) per-pixel loss weights 1 + ``object_weight`` × the shape's coverage of the pixel (``--object-weight``).
-    At t ≥ h_only_from_t the squared error is that of x0, so the object's colour must then come through h."""
-    return 1.0 + object_weight * shapes.object_masks(specs, image_size)
+    At t ≥ h_only_from_t the squared error is that of x0, so the object's colour must then come through h.
+
+    ``per_area`` (``--object-weight-per-area``): each shape's coverage is scaled by the batch's mean shape area over
+    its own, so every shape carries the same total weight: a small square's outline, which the noisy skips at high t
+    hardly show, weighs as much as a large circle's."""
+    masks = shapes.object_masks(specs, image_size)
+    if per_area:
+        area = masks.mean(dim=(1, 2, 3), keepdim=True)
+        masks = masks * (area.mean() / area)
+    return 1.0 + object_weight * masks
 
 
 class AttributeReadout(torch.nn.Module):
@@ -326,6 +334,8 @@ def train(args: argparse.Namespace) -> int:
     if args.h_from_color_partner and not args.skip_hue_rotation:
         raise UserError("--h-from-color-partner leaves the colour to h only if the skips cannot show it: give "
                         "--skip-hue-rotation as well")
+    if args.object_weight_per_area and not args.object_weight:
+        raise UserError("--object-weight-per-area scales the object's weight: give --object-weight W as well")
     device, out, ckpt_path, log_path = open_run(args, "ddpm_train_log.jsonl")
 
     config = model_config(args)
@@ -393,7 +403,8 @@ def train(args: argparse.Namespace) -> int:
             skips = hue_blind_skips(model, x_t, t, skips, g)
         sq_err = (model.decode(h_in, skips, temb, x_t, t) - eps).pow(2)
         if args.object_weight:
-            sq_err = sq_err * pixel_weights(specs, args.object_weight, args.image_size).to(device)
+            sq_err = sq_err * pixel_weights(specs, args.object_weight, args.image_size,
+                                           args.object_weight_per_area).to(device)
         per_sample = sq_err.mean(dim=(1, 2, 3))
         ddpm_loss = (per_sample * loss_weights(t, a, model.x0_from_t)).mean()
         loss = ddpm_loss
@@ -437,6 +448,7 @@ def train(args: argparse.Namespace) -> int:
             "weights": "fp32" if args.fp32 else "fp16", "schedule": "linear 1e-4..0.02, T=1000, eps-prediction",
             "offset_noise": args.offset_noise, "antisym_init": args.antisym_init, "threads": args.threads,
             "h_only_from_t": args.h_only_from_t, "init_from": init_from, "object_weight": args.object_weight,
+            "object_weight_per_area": args.object_weight_per_area,
             "h_attribute_weight": args.h_attribute_weight, "h_noise": args.h_noise,
             "x0_from_t": args.x0_from_t,
             "skip_hue_rotation": args.skip_hue_rotation, "h_from_color_partner": args.h_from_color_partner,
