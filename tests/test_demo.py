@@ -74,6 +74,13 @@ def test_demo_edits_real_images(demo_run):
     assert lo <= m["delta_h_ratio"]["min"] and m["delta_h_ratio"]["max"] <= hi + 1e-4, m["delta_h_ratio"]
     kept = by_strength[1.0]["kept_by_attribute"]
     assert set(kept) == {"shape", "size", "background"} and all(0 <= v <= 1 for v in kept.values())
+    for p in m["per_strength"]:  # the split of preservation by the original's values adds up to it
+        by = p["preserved_by"]
+        assert set(by) == {"shape", "size", "background"}
+        for counts in by.values():
+            assert sum(n for _, n in counts.values()) == 16
+            assert sum(k for k, _ in counts.values()) == round(p["preservation"] * 16)
+    assert set(by_strength[1.0]["preserved_by"]["size"]) <= {"small", "large"}
     hs = m["h_swap"]
     assert hs["attribute"] == "color" and hs["n"] == 16 and 0 <= hs["transferred"] <= 1
 

@@ -118,6 +118,10 @@ def test_demo_seeds_cli_writes_one_folder_per_seed_and_the_summary(tmp_path, cap
         assert m["delta_h_ratio"] == rows[1.0]["delta_h_ratio"]  # the top-level key: strength 1, as before
     printed = capsys.readouterr().out
     assert "--- seed 1" in printed and "‖Δh‖/‖h‖" in printed and "issue 19 done-when" in printed
+    by = next(p for p in per_seed[0]["per_strength"] if p["strength"] == 1.0)["preserved_by"]
+    line = "kept whole at strength 1, by the original's " + "; ".join(
+        f"{k}: " + ", ".join(f"{value} {kept}/{n}" for value, (kept, n) in counts.items()) for k, counts in by.items())
+    assert line in printed.splitlines() and sum(n for _, n in by["size"].values()) == 2
     assert cli_main(["demo", "--seeds", "0,0", "--out", str(tmp_path / "x")]) == 2
     assert "--seeds has repeats (0,0); give each seed once" in capsys.readouterr().err
     assert cli_main(["demo", "--seeds", "0,1.5", "--out", str(tmp_path / "x")]) == 2

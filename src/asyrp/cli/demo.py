@@ -108,9 +108,12 @@ def print_run(m: dict, out: Path) -> None:
     for p in m["per_strength"]:
         print(f"{p['strength']:>8.2f} {p['edit_success']:>8.2f} {p['source_kept']:>8.2f} {p['preservation']:>8.2f} "
               f"{p['valid']:>6.2f} {p['s_dir']:>7.3f} {p['delta_h_ratio']['mean']:>9.3f}")
-    kept = next(p for p in m["per_strength"] if p["strength"] == m["strength"])["kept_by_attribute"]
+    main_row = next(p for p in m["per_strength"] if p["strength"] == m["strength"])
     print(f"kept at strength {m['strength']:g} (valid and unchanged): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in kept.items()))
+          + ", ".join(f"{k} {v:.2f}" for k, v in main_row["kept_by_attribute"].items()))
+    print(f"kept whole at strength {m['strength']:g}, by the original's "
+          + "; ".join(f"{k}: " + ", ".join(f"{value} {kept}/{n}" for value, (kept, n) in by.items())
+                      for k, by in main_row["preserved_by"].items()))
     r = m["delta_h_ratio"]
     print(f"the learnt ‖Δh‖ / ‖h‖ along the strength-1 edited paths: mean {r['mean']:.2f} "
           f"(min {r['min']:.2f}, max {r['max']:.2f})")

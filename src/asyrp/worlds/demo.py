@@ -150,14 +150,19 @@ def run_shapes_demo(out: Path, attribute: str = "color", src_value: str | None =
         success = sum(v and r[attribute] == trg_value for v, r in zip(valid, reads)) / n_test
         still_source = sum(v and r[attribute] == src_value for v, r in zip(valid, reads)) / n_test
         others = [k for k in shapes.ATTRIBUTES if k != attribute]
-        preserved = sum(v and all(r[k] == t[k] for k in others) for v, r, t in zip(valid, reads, truth)) / n_test
+        whole = [v and all(r[k] == t[k] for k in others) for v, r, t in zip(valid, reads, truth)]
+        preserved = sum(whole) / n_test
+        # where preservation is lost: [kept whole, images] by each other attribute's value in the original
+        preserved_by = {k: {value: [sum(w for w, t in zip(whole, truth) if t[k] == value),
+                                    sum(t[k] == value for t in truth)] for value in sorted({t[k] for t in truth})}
+                        for k in others}
         # which attribute breaks: the share of test images that are valid and keep it
         kept_by_attribute = {k: sum(v and r[k] == t[k] for v, r, t in zip(valid, reads, truth)) / n_test
                              for k in others}
         sdir = direction.similarity(originals, edited.to(device)).double()
         per_strength.append({"strength": s["strength"], "folder": s["folder"], "edit_success": success,
                              "source_kept": still_source, "preservation": preserved,
-                             "kept_by_attribute": kept_by_attribute,
+                             "kept_by_attribute": kept_by_attribute, "preserved_by": preserved_by,
                              "valid": sum(valid) / n_test, "s_dir": float(sdir.mean()), "s_dir_std": float(sdir.std())})
     # ‖Δh‖/‖h‖ per strength, each along its own edited path (a no-grad pass over the test latents); the top-level
     # key stays the strength-1 value it always was
