@@ -314,3 +314,26 @@ def test_card_names_the_hue_blind_skip_options():
             "(`--object-weight-per-area`) in the loss") in per_area
     assert "its skips kept" in card._finetune_lines({"x0_from_t": 300})[0]
     assert card._finetune_lines({"h_only_from_t": 300})[0].startswith("- At t ≥ 300 the decoder predicts from h alone")
+
+
+def test_outline_probe_counts_what_the_predicted_x0_shows_along_the_edit_path(unet, tmp_path, capsys):
+    r = probe_h.outline_in_prediction(unet, n=12)
+    grid = [t for t, _ in D.generative_pairs(20, shapes.T_0) if t >= shapes.T_EDIT]
+    assert [row["t"] for row in r["steps"]] == grid + ["final"] and grid[0] == 600 and grid[-1] == 315
+    for row in r["steps"]:
+        for key in probe_h.OUTLINE_BY:
+            counts = row["by"][key].values()
+            assert sum(c["n"] for c in counts) == 12 and all(c["kept"] <= c["shape"] <= c["n"] for c in counts)
+    kept = [sum(c["kept"] for c in row["by"]["size"].values()) for row in r["steps"]]
+    # measured on the shipped DDPM (seed 0): 6 of 12 at t = 600, all 12 regenerated; margins for other CPUs
+    assert kept[0] <= 8 and kept[-1] >= 11
+    out = tmp_path / "outline.json"
+    assert probe_h.main(["--outline", "2", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["ddpm"] == "shipped" and saved["n"] == 2 and saved["steps"][-1]["t"] == "final"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("the predicted x0 along the unedited path of 2 red images (600 ≥ t ≥ 300")
+    assert lines[1].startswith("   600 small ") and lines[-1].startswith(" final small ")
+    with pytest.raises(SystemExit):
+        probe_h.main(["--outline", "4", "--readiness"])
+    assert "runs alone (drop --readiness)" in capsys.readouterr().err

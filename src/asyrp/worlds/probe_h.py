@@ -20,10 +20,14 @@ For n rendered pairs (A, B) that differ only in ``attribute`` (A of the source v
   (symmetric and asymmetric, with A's plain regeneration as the reference), and the linear read-out at t = t_edit,
   700 and 900, against the issue's thresholds (:data:`READY`); the verdict is :func:`readiness_verdict`. The
   shipped result is ``asyrp/resources/worlds/shapes/readiness.json``, quoted in the model card.
+* ``--outline N``: how much of the outline the DDPM's own predicted x0 (P_t, what Asyrp's step edits) shows along
+  the edit path (:func:`outline_in_prediction`), per size and background: where P_t does not show it, a change of h
+  redraws the object over a guessed outline.
 
     python -m asyrp.worlds.probe_h                       # the shipped DDPM
     python -m asyrp.worlds.probe_h --ddpm runs/x/checkpoint.pt   # a training checkpoint (its EMA weights)
     python -m asyrp.worlds.probe_h --readiness --out src/asyrp/resources/worlds/shapes/readiness.json
+    python -m asyrp.worlds.probe_h --outline 96
 """
 
 from __future__ import annotations
@@ -159,6 +163,56 @@ def readiness(unet, attribute: str = "color", t_edit: int = shapes.T_EDIT, n: in
             "verdict": readiness_verdict(swaps, probe["accuracy"], thresholds)}
 
 
+OUTLINE_BY = ("size", "background")  # the values the outline probe counts apart
+KEPT = ("shape", "size", "background")  # what the demo's preservation asks of an edited image
+
+
+@torch.no_grad()
+def outline_in_prediction(unet, n: int = 96, seed: int = 0, n_steps: int = 20, t_0: int = shapes.T_0,
+                          t_edit: int = shapes.T_EDIT, color: str = "red") -> dict:
+    """Does the DDPM's own predicted x0 show the outline where the edit acts? n rendered images of ``color`` (the
+    demo's source colour) are DDIM-inverted to x_{t_0} and regenerated without an edit; at every step t ≥ t_edit, and
+    for the regenerated image (``t = "final"``), P_t is read and counted per value of size and background: ``kept``
+    (shape, size and background read right, as the demo's preservation asks) and ``shape`` (the shape read right), of
+    ``n`` images of that value. An asymmetric step moves P_t by what Δh changes in ε; where P_t itself does not show
+    the outline, that change is drawn over the decoder's guess of it, which the next steps then keep."""
+    device = next(unet.parameters()).device
+    specs = shapes.sample_specs(n, seed + 50_000, constraints={"color": color})
+    truth = [dict(s.attributes) for s in specs]
+    alphas = D.alphas_cumprod(D.linear_betas()).to(device)
+    reads: dict = {}
+
+    def on_step(t, _x, x0):
+        if t >= t_edit:
+            reads[t] = shapes.read_attributes(x0)
+
+    x_t0 = sampling.invert(unet, shapes.make_batch(specs).to(device), alphas, n_steps, t_0)
+    reads["final"] = shapes.read_attributes(sampling.generate(unet, x_t0, alphas, n_steps, t_0, on_step=on_step))
+
+    def counted(read: list[dict]) -> dict:
+        by = {}
+        for key in OUTLINE_BY:
+            by[key] = {}
+            for value in shapes.ATTRIBUTES[key]:
+                idx = [i for i, tr in enumerate(truth) if tr[key] == value]
+                by[key][value] = {"kept": sum(all(read[i][k] == truth[i][k] for k in KEPT) for i in idx),
+                                  "shape": sum(read[i]["shape"] == truth[i]["shape"] for i in idx), "n": len(idx)}
+        return by
+    return {"color": color, "n": n, "seed": seed, "t_0": t_0, "t_edit": t_edit, "n_steps": n_steps,
+            "steps": [{"t": t, "by": counted(r)} for t, r in reads.items() if t != "final"]
+            + [{"t": "final", "by": counted(reads["final"])}]}
+
+
+def print_outline(r: dict) -> None:
+    """One line per step: kept (shape, size and background) / shape right / images, per size and background."""
+    print(f"the predicted x0 along the unedited path of {r['n']} {r['color']} images ({r['t_0']} ≥ t ≥ {r['t_edit']},"
+          f" then the regenerated image): shape, size and background read right / shape read right / images")
+    for row in r["steps"]:
+        cells = [f"{value} {c['kept']}/{c['shape']}/{c['n']}"
+                 for key in OUTLINE_BY for value, c in row["by"][key].items()]
+        print(f"{row['t']:>6} " + " | ".join(cells))
+
+
 def print_readiness(r: dict) -> None:
     """The readiness numbers and verdict as lines."""
     th, v = r["verdict"]["thresholds"], r["verdict"]
@@ -196,10 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--readiness", action="store_true",
                    help="only the readiness probe of issue 19 (2n real h-swap pairs, read-out at t_edit, 700, 900)")
+    p.add_argument("--outline", type=int, metavar="N",
+                   help="only the outline probe: what the predicted x0 shows of N real images along the edit path")
     p.add_argument("--out", help="also write the results to this JSON file")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     unet = load_ddpm(a.ddpm)
+    if a.outline is not None:
+        if a.outline < 1 or a.readiness:
+            p.error(f"--outline takes a number of images ≥ 1 (got {a.outline}) and runs alone (drop --readiness)")
+        result = {"ddpm": a.ddpm or "shipped", **outline_in_prediction(unet, a.outline, t_0=a.t_0, t_edit=a.t_edit)}
+        print_outline(result)
+        if a.out:
+            atomic_json(a.out, result)
+        return 0
     if a.readiness:
         result = {"ddpm": a.ddpm or "shipped", "command": "python -m asyrp.worlds.probe_h "
                   + " ".join(argv if argv is not None else sys.argv[1:]),
