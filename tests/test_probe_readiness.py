@@ -336,4 +336,7 @@ def test_outline_probe_counts_what_the_predicted_x0_shows_along_the_edit_path(un
     assert lines[1].startswith("   600 small ") and lines[-1].startswith(" final small ")
     with pytest.raises(SystemExit):
         probe_h.main(["--outline", "4", "--readiness"])
-    assert "runs alone (drop --readiness)" in capsys.readouterr().err
+    assert "--outline runs alone: drop --readiness" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        probe_h.main(["--outline", "0"])
+    assert "--outline takes a number of images ≥ 1, got 0" in capsys.readouterr().err

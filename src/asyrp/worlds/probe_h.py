@@ -254,11 +254,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the outline probe: what the predicted x0 shows of N real images along the edit path")
     p.add_argument("--out", help="also write the results to this JSON file")
     a = p.parse_args(argv)
+    if a.outline is not None and a.outline < 1:
+        p.error(f"--outline takes a number of images ≥ 1, got {a.outline}")
+    if a.outline is not None and a.readiness:
+        p.error("--outline runs alone: drop --readiness")
     torch.set_num_threads(a.threads)
     unet = load_ddpm(a.ddpm)
     if a.outline is not None:
-        if a.outline < 1 or a.readiness:
-            p.error(f"--outline takes a number of images ≥ 1 (got {a.outline}) and runs alone (drop --readiness)")
         result = {"ddpm": a.ddpm or "shipped", **outline_in_prediction(unet, a.outline, t_0=a.t_0, t_edit=a.t_edit)}
         print_outline(result)
         if a.out:
