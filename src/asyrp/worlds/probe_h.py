@@ -164,7 +164,7 @@ def readiness(unet, attribute: str = "color", t_edit: int = shapes.T_EDIT, n: in
 
 
 OUTLINE_BY = ("size", "background")  # the values the outline probe counts apart
-KEPT = ("shape", "size", "background")  # what the demo's preservation asks of an edited image
+KEPT = tuple(k for k in shapes.ATTRIBUTES if k != "color")  # what the demo's colour edit must keep
 
 
 @torch.no_grad()
@@ -173,8 +173,8 @@ def outline_in_prediction(unet, n: int = 96, seed: int = 0, n_steps: int = 20, t
     """Does the DDPM's own predicted x0 show the outline where the edit acts? n rendered images of ``color`` (the
     demo's source colour) are DDIM-inverted to x_{t_0} and regenerated without an edit; at every step t ≥ t_edit, and
     for the regenerated image (``t = "final"``), P_t is read and counted per value of size and background: ``kept``
-    (shape, size and background read right, as the demo's preservation asks) and ``shape`` (the shape read right), of
-    ``n`` images of that value. An asymmetric step moves P_t by what Δh changes in ε; where P_t itself does not show
+    (shape, size and background read right: the demo's preservation without its validity check, which a blurry P_t
+    at high t would fail whatever its outline) and ``shape`` (the shape read right), of ``n`` images of that value. An asymmetric step moves P_t by what Δh changes in ε; where P_t itself does not show
     the outline, that change is drawn over the decoder's guess of it, which the next steps then keep."""
     device = next(unet.parameters()).device
     specs = shapes.sample_specs(n, seed + 50_000, constraints={"color": color})
